@@ -1,0 +1,647 @@
+"""SPT prompts: a shared soft prompt and a memory bank of prompts retrieved per example.
+
+Semi-Parametric Prompt Tuning (SPT, arXiv 2212.10929) prepends two things to the
+embedded encoder input of T5:
+
+* a soft prompt ``P: [L_p, d]`` shared by all examples (prompt tuning, Lester et al.);
+* ``k`` memory prompts ``V[I]: [k, L_m, d]`` retrieved from a memory bank of ``M``
+  prompts, keyed by the example's discrete prompt (its ``inputs`` tokens).
+
+The paper publishes no equations; every choice below is a field of `PromptConfig`
+with the default that docs/ARCHITECTURE.md and the project's DESIGN.md name (our
+reading of the paper):
+
+1. ``q = pool(E(x), mask)`` with ``pool`` in ``mean | max | mean_max`` over non-pad
+   tokens (``mean_max`` = ``(mean + max) / 2`` so the key size stays ``d``), under
+   ``stop_gradient`` by default.
+2. ``s = q Kᵀ`` (``dot``) or ``q̂ K̂ᵀ`` (``cosine``) in one matmul, ``I = top_k(s)``.
+3. ``R = V[I]``, scaled per retrieved prompt by ``k·softmax(s_I / τ)`` (``softmax``,
+   which gives the keys a gradient) or not at all (``none``).
+4. Optional key-pull loss ``λ·mean(1 − cos(q, K_I))``.
+
+The memory table is declared with logical axes (``memory``, ``embed``) /
+(``memory``, ``memory_length``, ``embed``). When the active flax logical axis rules
+map ``memory`` to a mesh axis of size ``P > 1`` of the current mesh (set with
+``jax.set_mesh``), retrieval runs as a two-stage top-k inside ``jax.shard_map``:
+each shard scores its ``M / P`` rows and takes a local top-k, the ``P·k``
+candidates (scores and global indices) are gathered, and the global top-k is
+taken from them. The full ``[B, M]`` score matrix is never gathered, and the
+result equals single-device ``lax.top_k`` exactly (ties break by lower index).
+Retrieved rows of a sharded table are read with a shard-local masked gather and a
+``psum`` of the ``[B, k, ...]`` result.
+
+This module knows nothing of seqio, gin or mesh axis names (those live in
+``partitioning``); it finds the mesh axis of ``memory`` through flax's rules API.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping
+
+from absl import logging
+import flax
+import flax.linen as nn
+import jax
+from jax import lax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec
+
+Array = jax.Array
+
+# Variable collection that `MemoryBank` sows retrieval outputs into. Apply the
+# network with ``mutable=[RETRIEVAL_COLLECTION]`` to read them.
+RETRIEVAL_COLLECTION = 'retrieval'
+
+_POOLINGS = ('mean', 'max', 'mean_max')
+_SIMILARITIES = ('cosine', 'dot')
+_WEIGHTINGS = ('softmax', 'none')
+_INITS = ('sampled_vocab', 'uniform')
+# Norm floor for cosine similarity; an all-padding query becomes the zero vector.
+_NORM_EPS = 1e-12
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptConfig:
+  """What is prepended to the encoder input. Defaults are our reading of SPT.
+
+  ``memory_size=0`` is prompt tuning (Lester et al.); ``soft_prompt_length=0`` and
+  ``memory_size=0`` is plain T5, bit for bit. Static consistency is checked when
+  the config is built; `validate` adds the checks that need the run's input length
+  and packing setting.
+
+  Attributes:
+    soft_prompt_length: L_p, tokens of the shared soft prompt (0 allowed).
+    soft_prompt_init: 'sampled_vocab' (rows of the token embedding table) or
+      'uniform' (U[-scale, scale]).
+    soft_prompt_init_scale: scale of the uniform init.
+    memory_size: M, number of memory prompts (0 disables retrieval).
+    memory_length: L_m, tokens per memory prompt.
+    top_k: k, memory prompts retrieved per example.
+    pooling: query pooling of the embedded discrete prompt over non-pad tokens:
+      'mean', 'max' or 'mean_max' ((mean + max) / 2).
+    similarity: 'cosine' or 'dot'.
+    weighting: 'softmax' (scale retrieved prompt j by k·softmax(s_I/τ)_j; keys
+      get a gradient) or 'none' (hard retrieval; keys get no gradient unless the
+      key loss is on).
+    temperature: τ of the softmax weighting (0.1 suits cosine scores in [-1, 1]).
+    key_loss_weight: λ of the key-pull loss λ·mean(1 − cos(q, K_I)) (0 = off).
+    query_stop_gradient: stop the gradient from retrieval into the token embedder.
+    memory_init: 'sampled_vocab' (values = sampled embedding rows, keys = mean of
+      their value rows) or 'uniform' (both U[-scale, scale]).
+    memory_init_scale: scale of the uniform memory init.
+    init_vocab_size: 'sampled_vocab' draws token ids from [0, min(V, this)); in
+      T5's SentencePiece vocabulary low ids are the frequent pieces, so 5000
+      follows Lester et al.'s "5,000 most common tokens".
+    max_encoder_length: optional limit on L_p + k·L_m + input length (positions
+      the encoder sees); `validate` raises when a run's input length exceeds it.
+  """
+  soft_prompt_length: int = 20
+  soft_prompt_init: str = 'sampled_vocab'
+  soft_prompt_init_scale: float = 0.5
+  memory_size: int = 1024
+  memory_length: int = 5
+  top_k: int = 4
+  pooling: str = 'mean'
+  similarity: str = 'cosine'
+  weighting: str = 'softmax'
+  temperature: float = 0.1
+  key_loss_weight: float = 0.0
+  query_stop_gradient: bool = True
+  memory_init: str = 'sampled_vocab'
+  memory_init_scale: float = 0.5
+  init_vocab_size: int = 5000
+  max_encoder_length: int | None = None
+
+  def __post_init__(self):
+    self._check_static()
+
+  @property
+  def retrieved_length(self) -> int:
+    """k·L_m: positions taken by retrieved memory prompts (0 when M = 0)."""
+    return self.top_k * self.memory_length if self.memory_size > 0 else 0
+
+  @property
+  def prefix_length(self) -> int:
+    """L_p + k·L_m: positions prepended to the embedded encoder input."""
+    return self.soft_prompt_length + self.retrieved_length
+
+  def _check_static(self):
+    """Checks that need nothing but the config itself."""
+    def choice(name, allowed):
+      value = getattr(self, name)
+      if value not in allowed:
+        raise ValueError(
+            f'PromptConfig.{name}={value!r} is not one of {allowed}; set one of those.')
+    choice('soft_prompt_init', _INITS)
+    choice('memory_init', _INITS)
+    choice('pooling', _POOLINGS)
+    choice('similarity', _SIMILARITIES)
+    choice('weighting', _WEIGHTINGS)
+    for name in ('soft_prompt_length', 'memory_size'):
+      if getattr(self, name) < 0:
+        raise ValueError(f'PromptConfig.{name}={getattr(self, name)} is negative; '
+                         'use 0 to disable it.')
+    if self.init_vocab_size < 1:
+      raise ValueError(f'PromptConfig.init_vocab_size={self.init_vocab_size} must be >= 1.')
+    if self.memory_size > 0:
+      if self.top_k < 1:
+        raise ValueError(f'PromptConfig.top_k={self.top_k} must be >= 1 when '
+                         f'memory_size={self.memory_size} > 0 (or set memory_size=0).')
+      if self.top_k > self.memory_size:
+        raise ValueError(
+            f'PromptConfig.top_k={self.top_k} exceeds memory_size={self.memory_size}: '
+            'cannot retrieve more memory prompts than the bank holds; lower top_k '
+            'or raise memory_size.')
+      if self.memory_length < 1:
+        raise ValueError(f'PromptConfig.memory_length={self.memory_length} must be >= 1 '
+                         'when memory_size > 0 (or set memory_size=0).')
+      if self.temperature <= 0:
+        raise ValueError(f'PromptConfig.temperature={self.temperature} must be > 0.')
+      if self.key_loss_weight < 0:
+        raise ValueError(f'PromptConfig.key_loss_weight={self.key_loss_weight} must be >= 0.')
+    if self.max_encoder_length is not None and self.prefix_length > self.max_encoder_length:
+      raise ValueError(
+          f'The prompt prefix alone (L_p + k·L_m = {self.soft_prompt_length} + '
+          f'{self.retrieved_length} = {self.prefix_length}) exceeds max_encoder_length='
+          f'{self.max_encoder_length}; shorten the prompts or raise max_encoder_length.')
+
+  def validate(self, max_input_length: int | None = None, pack: bool = False) -> None:
+    """Raises ValueError for a configuration that cannot run as asked.
+
+    Args:
+      max_input_length: the encoder input feature length of the run (``inputs``
+        tokens, before the prompt prefix).
+      pack: whether the run packs several examples into one sequence.
+    """
+    self._check_static()
+    if pack and self.prefix_length > 0:
+      raise ValueError(
+          f'Packing is not supported with prompts (prefix_length={self.prefix_length}): '
+          'each packed segment would need its own soft/memory prompt. Run with '
+          'pack=False (prompted examples are short), or set soft_prompt_length=0 '
+          'and memory_size=0 for plain fine-tuning.')
+    if max_input_length is not None:
+      if max_input_length < 1:
+        raise ValueError(f'max_input_length={max_input_length} must be >= 1.')
+      if (self.max_encoder_length is not None
+          and self.prefix_length + max_input_length > self.max_encoder_length):
+        raise ValueError(
+            f'Encoder length L_p + k·L_m + input length = {self.soft_prompt_length} + '
+            f'{self.retrieved_length} + {max_input_length} = '
+            f'{self.prefix_length + max_input_length} exceeds max_encoder_length='
+            f'{self.max_encoder_length}; shorten the inputs feature length, the soft '
+            'prompt, memory_length or top_k, or raise max_encoder_length.')
+
+
+# ----------------------------------------------------------------------------
+# Initialisers.
+
+
+def _sample_vocab_rows(rng: Array, embedding_table: Array, shape: tuple[int, ...],
+                       vocab_limit: int) -> Array:
+  """Rows of ``embedding_table`` at uniformly drawn ids; returns ``shape + (d,)``."""
+  vocab = min(int(embedding_table.shape[0]), vocab_limit)
+  ids = jax.random.randint(rng, shape, 0, vocab)
+  return jnp.take(jnp.asarray(embedding_table, jnp.float32), ids, axis=0)
+
+
+def _uniform(rng: Array, shape: tuple[int, ...], scale: float) -> Array:
+  return jax.random.uniform(rng, shape, jnp.float32, -scale, scale)
+
+
+def _soft_prompt_init(config: PromptConfig, embedding_table: Array):
+  def init(rng, shape, dtype=jnp.float32):
+    del dtype
+    if config.soft_prompt_init == 'sampled_vocab':
+      return _sample_vocab_rows(rng, embedding_table, shape[:1], config.init_vocab_size)
+    return _uniform(rng, shape, config.soft_prompt_init_scale)
+  return init
+
+
+def _memory_values_init(config: PromptConfig, embedding_table: Array):
+  def init(rng, shape, dtype=jnp.float32):
+    del dtype
+    if config.memory_init == 'sampled_vocab':
+      return _sample_vocab_rows(rng, embedding_table, shape[:2], config.init_vocab_size)
+    return _uniform(rng, shape, config.memory_init_scale)
+  return init
+
+
+def _memory_keys_init(config: PromptConfig, values: Array):
+  def init(rng, shape, dtype=jnp.float32):
+    del dtype
+    if config.memory_init == 'sampled_vocab':
+      return jnp.mean(values, axis=1)
+    return _uniform(rng, shape, config.memory_init_scale)
+  return init
+
+
+# ----------------------------------------------------------------------------
+# Query, similarity and (sharded) retrieval.
+
+
+def pool_query(embedded: Array, input_mask: Array, pooling: str) -> Array:
+  """Pools the embedded discrete prompt over its non-pad tokens.
+
+  Args:
+    embedded: [B, T, d] token embeddings.
+    input_mask: [B, T], nonzero for real tokens.
+    pooling: 'mean', 'max' or 'mean_max' ((mean + max) / 2).
+
+  Returns:
+    [B, d] float32 query; all-padding rows give the zero vector.
+  """
+  x = embedded.astype(jnp.float32)
+  mask = (input_mask > 0)[..., None]
+  any_token = jnp.any(mask, axis=1)  # [B, 1]
+  mean = jnp.sum(jnp.where(mask, x, 0.), axis=1) / jnp.maximum(
+      jnp.sum(mask, axis=1), 1).astype(jnp.float32)
+  if pooling == 'mean':
+    return mean
+  mx = jnp.where(any_token, jnp.max(jnp.where(mask, x, -jnp.inf), axis=1), 0.)
+  if pooling == 'max':
+    return mx
+  if pooling == 'mean_max':
+    return 0.5 * (mean + mx)
+  raise ValueError(f'Unknown pooling {pooling!r}; use one of {_POOLINGS}.')
+
+
+def _normalize(x: Array) -> Array:
+  """Unit L2 norm along the last axis (zero stays zero)."""
+  sq = jnp.sum(jnp.square(x), axis=-1, keepdims=True)
+  return x * lax.rsqrt(jnp.maximum(sq, _NORM_EPS))
+
+
+def _scores(query: Array, keys: Array, similarity: str) -> Array:
+  """[B, d] x [M, d] -> [B, M] float32 similarity, one matmul."""
+  if similarity == 'cosine':
+    query, keys = _normalize(query), _normalize(keys)
+  elif similarity != 'dot':
+    raise ValueError(f'Unknown similarity {similarity!r}; use one of {_SIMILARITIES}.')
+  return jnp.einsum('bd,md->bm', query, keys, preferred_element_type=jnp.float32)
+
+
+def memory_mesh_axes(num_rows: int) -> tuple[str, ...] | None:
+  """Mesh axes the logical ``memory`` axis is split over, or None if unsplit.
+
+  Uses the flax logical axis rules active at trace time (``nn.logical_axis_rules``)
+  and the mesh set with ``jax.set_mesh``. Returns None when no mesh or no rule is
+  active, the axes have total size 1, or ``num_rows`` does not divide evenly (then
+  retrieval runs as plain single-program code and XLA partitions it).
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh is None or mesh.empty:
+    return None
+  spec = nn.logical_to_mesh_axes(('memory',))
+  entry = spec[0] if spec is not None and len(spec) else None
+  if entry is None or entry is PartitionSpec.UNCONSTRAINED:
+    return None
+  axes = (entry,) if isinstance(entry, str) else tuple(entry)
+  if any(a not in mesh.shape for a in axes):
+    return None
+  size = math.prod(mesh.shape[a] for a in axes)
+  if size <= 1:
+    return None
+  if num_rows % size:
+    logging.warning(
+        'Memory bank of %d rows does not divide over mesh axes %s (size %d); '
+        'retrieval falls back to unsharded code.', num_rows, axes, size)
+    return None
+  return axes
+
+
+def _sharded_top_k(query: Array, keys: Array, k: int, similarity: str,
+                   axes: tuple[str, ...]) -> tuple[Array, Array]:
+  """Two-stage top-k over keys split along rows on ``axes`` (no gradient)."""
+
+  def local(q, keys_local):
+    rows = keys_local.shape[0]
+    local_k = min(k, rows)
+    scores, idx = lax.top_k(_scores(q, keys_local, similarity), local_k)
+    idx = idx + lax.axis_index(axes) * rows
+    # [B, P * local_k], ordered by shard then local rank: among equal scores the
+    # lower global index comes first, so the second top_k breaks ties as the
+    # unsharded one does.
+    scores = lax.all_gather(scores, axes, axis=1, tiled=True)
+    idx = lax.all_gather(idx, axes, axis=1, tiled=True)
+    top_scores, pos = lax.top_k(scores, k)
+    return top_scores, jnp.take_along_axis(idx, pos, axis=1)
+
+  # Replicated outputs of all_gather need check_vma=False; nothing here is
+  # differentiated (inputs are stop_gradient'ed by the caller).
+  return jax.shard_map(
+      local, in_specs=(PartitionSpec(), PartitionSpec(axes)),
+      out_specs=(PartitionSpec(), PartitionSpec()), axis_names=set(axes),
+      check_vma=False)(query, keys)
+
+
+def retrieve_top_k(query: Array, keys: Array, k: int,
+                   similarity: str = 'cosine') -> tuple[Array, Array]:
+  """Top-k memory rows for each query; exact, two-stage when keys are sharded.
+
+  The result carries no gradient (inputs are stop_gradient'ed); `MemoryBank`
+  recomputes differentiable scores from the k gathered keys, which also keeps the
+  backward pass free of a dense [B, M] matmul.
+
+  Args:
+    query: [B, d] float.
+    keys: [M, d] float.
+    k: rows to retrieve, 1 <= k <= M.
+    similarity: 'cosine' or 'dot'.
+
+  Returns:
+    (scores [B, k] float32, indices [B, k] int32), scores descending; equal scores
+    are ordered by lower index, as `lax.top_k` does, sharded or not.
+  """
+  num_rows = keys.shape[0]
+  if not 1 <= k <= num_rows:
+    raise ValueError(f'top_k={k} must be in [1, memory_size={num_rows}].')
+  query = lax.stop_gradient(query.astype(jnp.float32))
+  keys = lax.stop_gradient(keys.astype(jnp.float32))
+  axes = memory_mesh_axes(num_rows)
+  if axes is None:
+    scores, indices = lax.top_k(_scores(query, keys, similarity), k)
+  else:
+    scores, indices = _sharded_top_k(query, keys, k, similarity, axes)
+  return scores, indices.astype(jnp.int32)
+
+
+def gather_rows(table: Array, indices: Array, sharded: bool | None = None) -> Array:
+  """``table[indices]`` along axis 0, differentiable, for a row-sharded table.
+
+  When the logical ``memory`` axis is split over mesh axes (see
+  `memory_mesh_axes`), each shard gathers the rows it holds (others masked to
+  zero) and a ``psum`` combines the [*indices.shape, ...] results, so only the
+  retrieved rows travel; the gradient scatters back into the owning shard.
+
+  Args:
+    table: [M, ...] array whose rows are the logical ``memory`` axis.
+    indices: int array of row ids in [0, M).
+    sharded: None = decide from the active mesh and rules; False forces a plain
+      ``jnp.take`` (XLA partitions it); True requires a split ``memory`` axis.
+
+  Returns:
+    [*indices.shape, *table.shape[1:]].
+  """
+  axes = memory_mesh_axes(table.shape[0]) if sharded is not False else None
+  if sharded and axes is None:
+    raise ValueError('gather_rows(sharded=True) needs a mesh (jax.set_mesh) and logical '
+                     'axis rules mapping "memory" to a mesh axis that divides the table.')
+  if axes is None:
+    return jnp.take(table, indices, axis=0)
+
+  def local(table_local, idx):
+    rows = table_local.shape[0]
+    local_idx = idx - lax.axis_index(axes) * rows
+    here = (local_idx >= 0) & (local_idx < rows)
+    got = jnp.take(table_local, jnp.clip(local_idx, 0, rows - 1), axis=0)
+    here = here.reshape(here.shape + (1,) * (got.ndim - here.ndim))
+    return lax.psum(jnp.where(here, got, jnp.zeros((), got.dtype)), axes)
+
+  return jax.shard_map(
+      local, in_specs=(PartitionSpec(axes), PartitionSpec()),
+      out_specs=PartitionSpec(), axis_names=set(axes))(table, indices)
+
+
+# ----------------------------------------------------------------------------
+# Modules.
+
+
+class SoftPrompt(nn.Module):
+  """Shared soft prompt P: [L_p, d] (Lester et al.).
+
+  Attributes:
+    config: the prompt configuration.
+    emb_dim: d, the model width.
+  """
+  config: PromptConfig
+  emb_dim: int
+
+  @nn.compact
+  def __call__(self, batch_size: int, embedding_table: Array) -> Array:
+    """Returns the soft prompt for every example.
+
+    Args:
+      batch_size: B.
+      embedding_table: [V, d] token embedding table; 'sampled_vocab' init copies
+        rows of it (at init only).
+
+    Returns:
+      [B, L_p, d] float32 (L_p may be 0; then no parameter is created).
+    """
+    length = self.config.soft_prompt_length
+    if length == 0:
+      return jnp.zeros((batch_size, 0, self.emb_dim), jnp.float32)
+    _check_table(embedding_table, self.emb_dim, 'SoftPrompt')
+    prompt = self.param(
+        'prompt',
+        nn.with_logical_partitioning(_soft_prompt_init(self.config, embedding_table),
+                                     ('prompt', 'embed')),
+        (length, self.emb_dim), jnp.float32)
+    prompt = jnp.broadcast_to(prompt[None], (batch_size, length, self.emb_dim))
+    return nn.with_logical_constraint(prompt, ('batch', 'length', 'embed'))
+
+
+class MemoryBank(nn.Module):
+  """Memory of M prompts of L_m tokens, k retrieved per example by its discrete prompt.
+
+  Attributes:
+    config: the prompt configuration.
+    emb_dim: d, the model width.
+  """
+  config: PromptConfig
+  emb_dim: int
+
+  @nn.compact
+  def __call__(self, embedded: Array, input_mask: Array, embedding_table: Array) -> Array:
+    """Retrieves and weights the memory prompts of each example.
+
+    Sows into `RETRIEVAL_COLLECTION` (when memory_size > 0): 'indices' [B, k]
+    int32, 'scores' [B, k] float32 (retrieval similarities, descending) and
+    'key_loss' scalar (already multiplied by key_loss_weight; 0 when off).
+
+    Args:
+      embedded: [B, T, d] token embeddings of the discrete prompt.
+      input_mask: [B, T], nonzero for real tokens.
+      embedding_table: [V, d] token embedding table (init only).
+
+    Returns:
+      [B, k·L_m, d] float32 retrieved prompts, prompt j of example b at positions
+      [j·L_m, (j+1)·L_m); [B, 0, d] when memory_size == 0 (no parameters).
+    """
+    cfg = self.config
+    batch = embedded.shape[0]
+    if cfg.memory_size == 0:
+      return jnp.zeros((batch, 0, self.emb_dim), jnp.float32)
+    _check_table(embedding_table, self.emb_dim, 'MemoryBank')
+    if embedded.shape[-1] != self.emb_dim or input_mask.shape != embedded.shape[:2]:
+      raise ValueError(f'MemoryBank expects embedded [B, T, {self.emb_dim}] and input_mask '
+                       f'[B, T]; got {embedded.shape} and {input_mask.shape}.')
+    k, length, d = cfg.top_k, cfg.memory_length, self.emb_dim
+    values = self.param(
+        'values',
+        nn.with_logical_partitioning(_memory_values_init(cfg, embedding_table),
+                                     ('memory', 'memory_length', 'embed')),
+        (cfg.memory_size, length, d), jnp.float32)
+    keys = self.param(
+        'keys',
+        nn.with_logical_partitioning(_memory_keys_init(cfg, values), ('memory', 'embed')),
+        (cfg.memory_size, d), jnp.float32)
+
+    query = pool_query(embedded, input_mask, cfg.pooling)  # [B, d]
+    if cfg.query_stop_gradient:
+      query = lax.stop_gradient(query)
+    scores, indices = retrieve_top_k(query, keys, k, cfg.similarity)
+    retrieved = gather_rows(values, indices)  # [B, k, L_m, d]
+
+    key_loss = jnp.zeros((), jnp.float32)
+    if cfg.weighting == 'softmax' or cfg.key_loss_weight > 0:
+      picked_keys = gather_rows(keys, indices)  # [B, k, d]
+      if cfg.weighting == 'softmax':
+        # Same similarity as retrieval, recomputed on the k picked keys only, so
+        # the gradient reaches exactly those keys (and the query, if not stopped).
+        q, kk = ((_normalize(query), _normalize(picked_keys))
+                 if cfg.similarity == 'cosine' else (query, picked_keys))
+        picked_scores = jnp.einsum('bd,bkd->bk', q, kk)
+        weights = k * jax.nn.softmax(picked_scores / cfg.temperature, axis=-1)
+        retrieved = retrieved * weights[:, :, None, None]
+      if cfg.key_loss_weight > 0:
+        cos = jnp.einsum('bd,bkd->bk', _normalize(query), _normalize(picked_keys))
+        # Mean over examples with at least one real token (padding rows excluded).
+        valid = jnp.any(input_mask > 0, axis=1).astype(jnp.float32)[:, None]
+        key_loss = cfg.key_loss_weight * jnp.sum((1. - cos) * valid) / jnp.maximum(
+            jnp.sum(valid) * k, 1.)
+
+    # Each value is a 1-tuple holding this call's result: a 'retrieval' collection
+    # passed back in (e.g. straight from `init`) is replaced, not appended to.
+    for name, value in (('indices', indices), ('scores', scores), ('key_loss', key_loss)):
+      self.sow(RETRIEVAL_COLLECTION, name, value, reduce_fn=_keep_latest)
+    retrieved = retrieved.reshape(batch, k * length, d)
+    return nn.with_logical_constraint(retrieved, ('batch', 'length', 'embed'))
+
+
+def _keep_latest(previous, value):
+  del previous
+  return (value,)
+
+
+def _check_table(embedding_table: Array, emb_dim: int, who: str):
+  if embedding_table.ndim != 2 or embedding_table.shape[1] != emb_dim:
+    raise ValueError(f'{who} needs the token embedding table [V, {emb_dim}]; got shape '
+                     f'{tuple(embedding_table.shape)}.')
+
+
+# ----------------------------------------------------------------------------
+# Statistics and re-initialisation.
+
+
+def retrieval_statistics(indices: Array, memory_size: int,
+                         usage_so_far: Array | None = None) -> dict[str, Array]:
+  """Usage of memory slots, for logging.
+
+  Args:
+    indices: [B, k] (or any shape) int retrieved slot ids of one batch.
+    memory_size: M.
+    usage_so_far: [M] cumulative retrieval counts before this batch, or None.
+
+  Returns:
+    dict with 'histogram' [M] int32 (this batch's counts), 'usage' [M] int32
+    (cumulative counts incl. this batch: feed back as `usage_so_far`), 'entropy'
+    (nats, of this batch's slot distribution), 'normalized_entropy' (entropy /
+    log M, 1 = uniform), 'batch_used_fraction' (slots hit in this batch) and
+    'never_used_fraction' (slots never retrieved so far).
+  """
+  if memory_size < 1:
+    raise ValueError(f'retrieval_statistics needs memory_size >= 1, got {memory_size}.')
+  flat = jnp.ravel(indices).astype(jnp.int32)
+  histogram = jnp.zeros((memory_size,), jnp.int32).at[flat].add(1)
+  usage = histogram if usage_so_far is None else usage_so_far.astype(jnp.int32) + histogram
+  p = histogram.astype(jnp.float32) / jnp.maximum(jnp.sum(histogram), 1).astype(jnp.float32)
+  entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.)), 0.))
+  return {
+      'histogram': histogram,
+      'usage': usage,
+      'entropy': entropy,
+      'normalized_entropy': entropy / math.log(memory_size) if memory_size > 1 else entropy,
+      'batch_used_fraction': jnp.mean((histogram > 0).astype(jnp.float32)),
+      'never_used_fraction': jnp.mean((usage == 0).astype(jnp.float32)),
+  }
+
+
+def init_prompts_from_embedding(params: Mapping[str, Any], embedding_table: Array,
+                                prompt_config: PromptConfig, rng: Array) -> Any:
+  """Re-samples 'sampled_vocab' prompt/memory params from a (pretrained) embedding.
+
+  After a partial checkpoint restore (backbone from T5, prompts new) the prompt
+  parameters were initialised from the random embedding of `init`; this redraws
+  `soft_prompt/prompt` and `memory_bank/values` (and keys = mean of value rows)
+  from ``embedding_table``, as at init. Parameters whose init is 'uniform' are
+  left alone. Boxed (nn.Partitioned) leaves stay boxed and sharded arrays keep
+  their sharding.
+
+  Args:
+    params: the 'params' tree (or a variables dict holding it); the prompt
+      modules are found wherever a 'soft_prompt' / 'memory_bank' subtree is.
+    embedding_table: [V, d] the token embedding to sample from.
+    prompt_config: the config the params were built with.
+    rng: PRNG key.
+
+  Returns:
+    A tree of the same structure (dict or FrozenDict) with new prompt params.
+  """
+  frozen = isinstance(params, flax.core.FrozenDict)
+  tree = flax.core.unfreeze(params) if frozen else _copy_dicts(params)
+  rng_prompt, rng_memory = jax.random.split(rng)
+  found = []
+
+  def visit(node, path):
+    if not isinstance(node, dict):
+      return
+    for name, child in node.items():
+      if not isinstance(child, dict):
+        continue
+      if (name == 'soft_prompt' and 'prompt' in child
+          and prompt_config.soft_prompt_init == 'sampled_vocab'):
+        old = child['prompt']
+        new = _sample_vocab_rows(rng_prompt, embedding_table, _shape(old)[:1],
+                                 prompt_config.init_vocab_size)
+        child['prompt'] = _like(old, new)
+        found.append('/'.join(path + (name, 'prompt')))
+      elif (name == 'memory_bank' and 'values' in child
+            and prompt_config.memory_init == 'sampled_vocab'):
+        old_values = child['values']
+        values = _sample_vocab_rows(rng_memory, embedding_table, _shape(old_values)[:2],
+                                    prompt_config.init_vocab_size)
+        child['values'] = _like(old_values, values)
+        if 'keys' in child:
+          child['keys'] = _like(child['keys'], jnp.mean(values, axis=1))
+        found.append('/'.join(path + (name, 'values')))
+      else:
+        visit(child, path + (name,))
+
+  visit(tree, ())
+  logging.info('init_prompts_from_embedding re-sampled: %s', found or 'nothing')
+  return flax.core.freeze(tree) if frozen else tree
+
+
+def _copy_dicts(node):
+  if isinstance(node, Mapping):
+    return {k: _copy_dicts(v) for k, v in node.items()}
+  return node
+
+
+def _shape(leaf) -> tuple[int, ...]:
+  value = leaf.unbox() if isinstance(leaf, nn.meta.AxisMetadata) else leaf
+  return tuple(value.shape)
+
+
+def _like(old, new: Array):
+  """``new`` in the container, dtype and sharding of ``old``."""
+  if isinstance(old, nn.meta.AxisMetadata):
+    return old.replace_boxed(_like(old.unbox(), new))
+  new = jnp.asarray(new, old.dtype)
+  if isinstance(old, jax.Array) and not isinstance(old, jax.core.Tracer):
+    new = jax.device_put(new, old.sharding)
+  return new
