@@ -10,8 +10,9 @@ input format, output keys and scale (percent) as `t5.evaluation.metrics`:
   example is one row of a seqio `_score_eval` task with features `idx = [example,
   choice]`, `is_correct`, `weight`; the model scores each row (sum of target
   log-likelihoods) and the metric takes the arg-max choice per example.
-* SuperGLUE: `accuracy`, `f1_binary`, `mean_multiclass_f1` (CB), and
-  `exact_match_and_f1` (SQuAD normalisation, for ReCoRD / MultiRC-like answers).
+* SuperGLUE: `accuracy`, `f1_binary`, `mean_multiclass_f1` (CB),
+  `exact_match_and_f1` (SQuAD normalisation, for ReCoRD / MultiRC-like answers),
+  and for MultiRC `multirc_f1_over_all_answers` + `mean_group_metric(all_match)`.
 * `rouge` (rouge1 / rouge2 / rougeLsum via `rouge_score`) for generative tasks.
 
 Every function has a seqio-compatible signature: score metrics take
@@ -279,6 +280,52 @@ def exact_match_and_f1(targets: Sequence[Any], predictions: Sequence[str]
                    for a in answers))
     f1s.append(max(_token_f1(a, prediction) for a in answers))
   return {'em': 100.0 * float(np.mean(ems)), 'f1': 100.0 * float(np.mean(f1s))}
+
+
+def all_match(targets: Sequence[Any], predictions: Sequence[Any]
+             ) -> Dict[str, float]:
+  """100 if every prediction equals its target, else 0 (T5's `all_match`)."""
+  _check_lengths(targets, predictions, 'all_match')
+  return {'exact_match': 100.0 * float(
+      all(t == p for t, p in zip(targets, predictions)))}
+
+
+def mean_group_metric(metric_fn: Callable[..., Mapping[str, float]],
+                      group_key: str = 'group', value_key: str = 'value'
+                     ) -> Callable[..., Dict[str, float]]:
+  """Returns a metric averaging `metric_fn` over groups (T5's `mean_group_metric`).
+
+  Targets and predictions are dicts `{group_key: group id, value_key: value}`
+  (as a MultiRC postprocessor emits, one per answer, grouped by question);
+  `metric_fn` runs on each group's values and its outputs are averaged over
+  groups. With `all_match` this is MultiRC's exact match.
+  """
+
+  def metric(targets: Sequence[Mapping[str, Any]],
+             predictions: Sequence[Mapping[str, Any]]) -> Dict[str, float]:
+    _check_lengths(targets, predictions, 'mean_group_metric')
+    grouped = collections.defaultdict(lambda: ([], []))
+    for t, p in zip(targets, predictions):
+      group = t[group_key]
+      group = tuple(np.asarray(group).reshape(-1).tolist()) if np.ndim(group) else group
+      grouped[group][0].append(t[value_key])
+      grouped[group][1].append(p[value_key])
+    per_group = collections.defaultdict(list)
+    for group_targets, group_predictions in grouped.values():
+      for key, value in metric_fn(group_targets, group_predictions).items():
+        per_group[key].append(value)
+    return {key: float(np.mean(values)) for key, values in per_group.items()}
+
+  metric.__name__ = f'mean_group_{getattr(metric_fn, "__name__", "metric")}'
+  return metric
+
+
+def multirc_f1_over_all_answers(targets: Sequence[Mapping[str, Any]],
+                                predictions: Sequence[Mapping[str, Any]]
+                               ) -> Dict[str, float]:
+  """MultiRC F1a: binary F1 over all answer options (`{'value': 0/1}` dicts)."""
+  return f1_binary([t['value'] for t in targets],
+                   [p['value'] for p in predictions])
 
 
 # ----------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Tests for spt_jax.metrics: hand-computed cases and the real seqio Evaluator."""
 
+import functools
 import random
 
 import numpy as np
@@ -142,6 +143,18 @@ class TestSuperGlueMetrics:
     assert out['em'] == pytest.approx(50.0)
     assert out['f1'] == pytest.approx(75.0)
 
+  def test_multirc_group_metrics(self):
+    targets = [{'group': 0, 'value': 1}, {'group': 0, 'value': 0},
+               {'group': 1, 'value': 1}, {'group': 2, 'value': 0}]
+    predictions = [{'group': 0, 'value': 1}, {'group': 0, 'value': 1},
+                   {'group': 1, 'value': 1}, {'group': 2, 'value': 0}]
+    # Question 0 has a wrong answer, questions 1 and 2 are all right.
+    em = metrics.mean_group_metric(metrics.all_match)(targets, predictions)
+    assert em == {'exact_match': pytest.approx(200 / 3)}
+    # tp 2, fp 1, fn 0 -> F1 4/5.
+    assert metrics.multirc_f1_over_all_answers(targets, predictions) == {
+        'f1': pytest.approx(80.0)}
+
   def test_rouge(self):
     out = metrics.rouge(['the cat sat on the mat'], ['the cat sat on the mat'])
     assert out == {'rouge1': 100.0, 'rouge2': 100.0, 'rougeLsum': 100.0}
@@ -153,7 +166,8 @@ class TestSuperGlueMetrics:
 class TestThroughSeqio:
   """The metric and postprocessor run inside the real seqio Evaluator."""
 
-  def test_score_eval_task_reports_expected_accuracy(self):
+  @pytest.mark.parametrize('num_classes', [None, 2])
+  def test_score_eval_task_reports_expected_accuracy(self, num_classes):
     seqio = pytest.importorskip('seqio')
     import tensorflow as tf   # pylint: disable=g-import-not-at-top
     from seqio import test_utils   # pylint: disable=g-import-not-at-top
@@ -175,7 +189,10 @@ class TestThroughSeqio:
             'inputs': seqio.Feature(vocab, add_eos=True),
             'targets': seqio.Feature(vocab, add_eos=True)},
         postprocess_fn=metrics.rank_classification_postprocessor,
-        metric_fns=[metrics.rank_classification])
+        # With num_classes: how a task registry fixes the number of classes
+        # (seqio routes a partial by its remaining argument names).
+        metric_fns=[functools.partial(metrics.rank_classification,
+                                      num_classes=num_classes)])
     try:
       # Three examples of 2 choices; one row per choice as a `_score_eval` task has.
       raw = {
@@ -191,6 +208,13 @@ class TestThroughSeqio:
           name, {'validation': raw}, score_output=scores,
           sequence_length={'inputs': 16, 'targets': 8})
       assert result['accuracy'] == pytest.approx(200 / 3)
+      if num_classes is None:
+        assert set(result) == {'accuracy'}
+        return
+      # Binary: tp 1, fn 1, fp 0 -> F1 2/3; P(choice 1) ranks both positives
+      # (sigmoid(3), 0.5) above the negative (sigmoid(-2)) -> AUC 1.
+      assert result['f1'] == pytest.approx(200 / 3)
+      assert result['auc-roc'] == pytest.approx(100.0)
     finally:
       seqio.TaskRegistry.remove(name)
 
