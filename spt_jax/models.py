@@ -1,0 +1,405 @@
+"""Loss, scoring and prediction around the network (T5X's `EncoderDecoderModel`, for SPT).
+
+`EncoderDecoderModel` wraps a `network.Transformer` and turns seqio `EncDecFeatureConverter`
+batches into what training and evaluation need:
+
+* `loss_fn(params, batch, dropout_rng)`: T5X's weighted cross-entropy with z-loss and label
+  smoothing, plus the SPT key-pull loss sown by the memory bank; metrics for logging and the
+  retrieval indices for memory-usage statistics.
+* `score_batch(params, batch)`: per-row sum of target-token log-likelihoods, what rank
+  classification (T0 zero-shot evaluation) ranks answer choices by.
+* `predict_batch(params, batch, decoding=...)`: greedy, sampling or beam-search decoding with
+  the network's KV cache (`spt_jax.decoding`); the encoder (with its prompt retrieval) runs
+  once and its output is repeated for every beam / sample.
+
+Every method is a pure function of `(params, batch, ...)` with only Python scalars / strings
+as extra arguments, so callers `jax.jit` them (with those arguments static) and shard them
+like any other step function. Batch arrays:
+
+  encoder_input_tokens   [B, T] int32 (0 = pad)
+  decoder_input_tokens   [B, L] int32 (targets shifted right, 0 first)
+  decoder_target_tokens  [B, L] int32 (0 = pad)
+  decoder_loss_weights   [B, L] (optional; default `decoder_target_tokens > 0`)
+  + encoder/decoder segment ids and positions when packed (plain T5 only).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Union
+
+from flax import traverse_util
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from spt_jax import decoding
+from spt_jax import network as network_lib
+
+Array = jax.Array
+Batch = Mapping[str, Array]
+Params = Any
+
+# The variable collection `prompts.MemoryBank` sows into (`prompts.RETRIEVAL_COLLECTION`);
+# repeated here so that this module does not import prompts for plain T5.
+RETRIEVAL_COLLECTION = 'retrieval'
+
+# String values of `loss_normalizing_factor` (T5X's `SpecialLossNormalizingFactor`).
+NUM_REAL_TARGET_TOKENS = 'NUM_REAL_TARGET_TOKENS'
+NUM_TOTAL_TARGET_TOKENS = 'NUM_TOTAL_TARGET_TOKENS'
+AVERAGE_PER_SEQUENCE = 'AVERAGE_PER_SEQUENCE'
+_SPECIAL_FACTORS = (NUM_REAL_TARGET_TOKENS, NUM_TOTAL_TARGET_TOKENS, AVERAGE_PER_SEQUENCE)
+
+_DECODINGS = ('greedy', 'sample', 'beam')
+
+
+# ------------------------------------------------------------------------------------
+# Losses (T5X `losses.py` semantics).
+# ------------------------------------------------------------------------------------
+def cross_entropy_with_logits(logits: Array, targets: Array,
+                              z_loss: float) -> tuple[Array, Array]:
+  """Per-token cross-entropy against soft targets, plus z-loss (T5X).
+
+  Args:
+    logits: [..., V] float32.
+    targets: [..., V] target distribution (one-hot or smoothed).
+    z_loss: coefficient of `log(Z)^2`, which keeps the softmax normaliser near 1 (Mesh TF /
+      T5X; stabilises bf16 training).
+
+  Returns:
+    `(loss [...], z_loss [...])`, where `loss` already includes the z-loss term.
+  """
+  log_z = jax.nn.logsumexp(logits, axis=-1)
+  log_softmax = logits - log_z[..., None]
+  loss = -jnp.sum(targets * log_softmax, axis=-1)
+  total_z_loss = z_loss * jnp.square(log_z)
+  return loss + total_z_loss, total_z_loss
+
+
+def compute_weighted_cross_entropy(
+    logits: Array, targets: Array, weights: Optional[Array] = None,
+    label_smoothing: float = 0.0, z_loss: float = 0.0,
+    loss_normalizing_factor: Optional[float] = None) -> tuple[Array, Array, Array]:
+  """T5X's `compute_weighted_cross_entropy`: summed, weighted, optionally normalised.
+
+  Label smoothing puts `1 - label_smoothing` on the target and spreads the rest evenly;
+  the entropy of that distribution is subtracted so a perfect model scores 0.
+
+  Args:
+    logits: [B, L, V] float32.
+    targets: [B, L] int token ids.
+    weights: [B, L] per-token weights (None = all ones).
+    label_smoothing: in [0, 1).
+    z_loss: z-loss coefficient.
+    loss_normalizing_factor: divide the sums by this (None = plain sums, as T5X).
+
+  Returns:
+    `(loss, z_loss, weight_sum)` scalars; `loss` includes the z-loss.
+  """
+  if logits.ndim != targets.ndim + 1:
+    raise ValueError(f'logits {logits.shape} must have one more axis than targets '
+                     f'{targets.shape}.')
+  vocab_size = logits.shape[-1]
+  confidence = 1.0 - label_smoothing
+  low_confidence = (1.0 - confidence) / (vocab_size - 1)
+  normalizing_constant = -(
+      confidence * np.log(confidence) +
+      (vocab_size - 1) * low_confidence * np.log(low_confidence + 1e-20))
+  soft_targets = jax.nn.one_hot(targets, vocab_size, dtype=logits.dtype)
+  if label_smoothing:
+    soft_targets = soft_targets * (confidence - low_confidence) + low_confidence
+  total_loss, total_z_loss = cross_entropy_with_logits(logits, soft_targets, z_loss=z_loss)
+  total_loss = total_loss - normalizing_constant
+  if weights is None:
+    weight_sum = jnp.asarray(np.prod(targets.shape), jnp.float32)
+  else:
+    weights = weights.astype(jnp.float32)
+    total_loss = total_loss * weights
+    total_z_loss = total_z_loss * weights
+    weight_sum = jnp.sum(weights)
+  if loss_normalizing_factor is not None:
+    total_loss = total_loss / loss_normalizing_factor
+    total_z_loss = total_z_loss / loss_normalizing_factor
+  return jnp.sum(total_loss), jnp.sum(total_z_loss), weight_sum
+
+
+def _normalizing_factor_and_weights(
+    loss_normalizing_factor: Union[None, float, str], weights: Array
+) -> tuple[Optional[Array], Array]:
+  """Resolves T5X's special normalising factors against this batch's weights."""
+  if loss_normalizing_factor is None:
+    return None, weights
+  if not isinstance(loss_normalizing_factor, str):
+    return jnp.asarray(loss_normalizing_factor, jnp.float32), weights
+  if loss_normalizing_factor == NUM_REAL_TARGET_TOKENS:
+    return jnp.maximum(jnp.sum(weights), 1e-8), weights
+  if loss_normalizing_factor == NUM_TOTAL_TARGET_TOKENS:
+    return jnp.asarray(np.prod(weights.shape), jnp.float32), weights
+  # AVERAGE_PER_SEQUENCE: each row's tokens share weight 1, then average over rows.
+  row_sums = jnp.sum(weights, axis=-1, keepdims=True)
+  per_sequence = jnp.where(row_sums > 0, weights / jnp.maximum(row_sums, 1e-8), 0.0)
+  num_rows = jnp.maximum(jnp.sum((row_sums[:, 0] > 0).astype(jnp.float32)), 1.0)
+  return num_rows, per_sequence
+
+
+def _retrieval_outputs(collection: Mapping[str, Any]) -> dict[str, Array]:
+  """Flattens the sown `'retrieval'` collection to {'indices', 'scores', 'key_loss'}.
+
+  Sown values are tuples (flax `sow`); the last entry is the latest call's value.
+  """
+  out = {}
+  for path, value in traverse_util.flatten_dict(dict(collection)).items():
+    if isinstance(value, (tuple, list)):
+      value = value[-1]
+    out[path[-1]] = value
+  return out
+
+
+# ------------------------------------------------------------------------------------
+# The model.
+# ------------------------------------------------------------------------------------
+class EncoderDecoderModel:
+  """Training loss, rank-classification scores and decoding for a `Transformer`.
+
+  Attributes:
+    network: the flax module (`network.Transformer`, optionally with a `PromptConfig`).
+    z_loss: z-loss coefficient (T5X default 1e-4).
+    label_smoothing: label smoothing of the training targets.
+    loss_normalizing_factor: None (T5X: the loss is the *sum* over weighted target
+      tokens), a number to divide that sum by, or one of 'NUM_REAL_TARGET_TOKENS' (mean per
+      real target token), 'NUM_TOTAL_TARGET_TOKENS', 'AVERAGE_PER_SEQUENCE'.
+    eos_id: end-of-sequence id of the output vocabulary (1 for T5's SentencePiece).
+  """
+
+  def __init__(self, network: network_lib.Transformer, z_loss: float = 1e-4,
+               label_smoothing: float = 0.0,
+               loss_normalizing_factor: Union[None, float, str] = None, eos_id: int = 1):
+    if isinstance(loss_normalizing_factor, str) and (
+        loss_normalizing_factor not in _SPECIAL_FACTORS):
+      raise ValueError(f'loss_normalizing_factor={loss_normalizing_factor!r} is not one of '
+                       f'{_SPECIAL_FACTORS}; pass one of those, a number, or None (sum).')
+    if not 0.0 <= label_smoothing < 1.0:
+      raise ValueError(f'label_smoothing={label_smoothing} must be in [0, 1).')
+    self.network = network
+    self.z_loss = z_loss
+    self.label_smoothing = label_smoothing
+    self.loss_normalizing_factor = loss_normalizing_factor
+    self.eos_id = eos_id
+
+  # --------------------------------------------------------------------- properties
+  @property
+  def prompt_config(self):
+    return self.network.prompt_config
+
+  @property
+  def has_memory(self) -> bool:
+    """Whether the network retrieves memory prompts (and sows retrieval outputs)."""
+    cfg = self.network.prompt_config
+    return cfg is not None and cfg.memory_size > 0
+
+  # --------------------------------------------------------------------- forward
+  def _packing_kwargs(self, batch: Batch) -> dict[str, Array]:
+    names = ('encoder_segment_ids', 'decoder_segment_ids', 'encoder_positions',
+             'decoder_positions')
+    return {k: batch[k] for k in names if k in batch}
+
+  def _compute_logits(self, params: Params, batch: Batch,
+                      dropout_rng: Optional[Array] = None) -> tuple[Array, dict[str, Array]]:
+    """Teacher-forced logits [B, L, V] float32 and the retrieval outputs ({} w/o memory)."""
+    rngs = {'dropout': dropout_rng} if dropout_rng is not None else None
+    args = (batch['encoder_input_tokens'], batch['decoder_input_tokens'],
+            batch['decoder_target_tokens'])
+    kwargs = dict(self._packing_kwargs(batch), enable_dropout=rngs is not None)
+    if not self.has_memory:
+      return self.network.apply({'params': params}, *args, rngs=rngs, **kwargs), {}
+    logits, state = self.network.apply({'params': params}, *args, rngs=rngs,
+                                       mutable=[RETRIEVAL_COLLECTION], **kwargs)
+    return logits, _retrieval_outputs(state[RETRIEVAL_COLLECTION])
+
+  def _encode(self, params: Params, encoder_input_tokens: Array
+              ) -> tuple[Array, dict[str, Array]]:
+    """Encoder output [B, P + T, d] (prompt prefix included) and retrieval outputs."""
+    kwargs = dict(enable_dropout=False, method=self.network.encode)
+    if not self.has_memory:
+      return self.network.apply({'params': params}, encoder_input_tokens, **kwargs), {}
+    encoded, state = self.network.apply({'params': params}, encoder_input_tokens,
+                                        mutable=[RETRIEVAL_COLLECTION], **kwargs)
+    return encoded, _retrieval_outputs(state[RETRIEVAL_COLLECTION])
+
+  # --------------------------------------------------------------------- training
+  def loss_fn(self, params: Params, batch: Batch,
+              dropout_rng: Optional[Array]) -> tuple[Array, dict[str, Array]]:
+    """Training loss and metrics (dropout on iff `dropout_rng` is given).
+
+    Returns:
+      `(loss, metrics)`. `loss` = weighted cross-entropy (incl. z-loss, normalised as
+      `loss_normalizing_factor` says) + the SPT key loss (a batch mean, already scaled by
+      `key_loss_weight`). `metrics` (all arrays; sums are over this batch):
+        loss, cross_ent_loss (without z-loss), z_loss, key_loss,
+        cross_ent_loss_per_token (unnormalised CE sum / num_tokens, for logging),
+        correct_tokens, num_tokens (weighted sums: token accuracy = their ratio),
+        token_accuracy, num_examples (rows with a target);
+        with memory also retrieval_indices [B, k] int32, retrieval_scores [B, k].
+    """
+    logits, retrieval = self._compute_logits(params, batch, dropout_rng)
+    targets = batch['decoder_target_tokens']
+    weights = batch.get('decoder_loss_weights')
+    if weights is None:
+      weights = targets > 0
+    weights = weights.astype(jnp.float32)
+    factor, loss_weights = _normalizing_factor_and_weights(self.loss_normalizing_factor,
+                                                           weights)
+    loss, z_loss, _ = compute_weighted_cross_entropy(
+        logits, targets, weights=loss_weights, label_smoothing=self.label_smoothing,
+        z_loss=self.z_loss, loss_normalizing_factor=factor)
+    key_loss = retrieval.get('key_loss', jnp.zeros((), jnp.float32))
+    total = loss + key_loss
+
+    num_tokens = jnp.sum(weights)
+    token_nll = -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1),
+                                     targets[..., None], axis=-1)[..., 0]
+    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+    correct_tokens = jnp.sum(correct * weights)
+    metrics = {
+        'loss': total,
+        'cross_ent_loss': loss - z_loss,
+        'z_loss': z_loss,
+        'key_loss': key_loss,
+        'cross_ent_loss_per_token': jnp.sum(token_nll * weights) / jnp.maximum(num_tokens, 1.0),
+        'correct_tokens': correct_tokens,
+        'num_tokens': num_tokens,
+        'token_accuracy': correct_tokens / jnp.maximum(num_tokens, 1.0),
+        'num_examples': jnp.sum(jnp.any(weights > 0, axis=-1).astype(jnp.int32)),
+    }
+    if 'indices' in retrieval:
+      metrics['retrieval_indices'] = retrieval['indices']
+      metrics['retrieval_scores'] = retrieval['scores']
+    return total, metrics
+
+  def eval_fn(self, params: Params, batch: Batch) -> dict[str, Array]:
+    """Loss metrics without dropout (the trainer's periodic evaluation)."""
+    return self.loss_fn(params, batch, dropout_rng=None)[1]
+
+  # --------------------------------------------------------------------- scoring
+  def score_batch(self, params: Params, batch: Batch, length_normalize: bool = False,
+                  return_retrieval: bool = False):
+    """Log-likelihood of each row's target tokens (rank classification's score).
+
+    T5X semantics: the sum over target positions of `log p(target | prefix)` times
+    `decoder_loss_weights` (default: non-pad targets), no dropout, no z-loss.
+
+    Args:
+      params: the 'params' tree.
+      batch: seqio EncDec batch (see module doc).
+      length_normalize: divide each row's sum by its (weighted) number of target tokens.
+      return_retrieval: also return the retrieval outputs (for slot-usage statistics).
+
+    Returns:
+      scores [B] float32; with `return_retrieval`, `(scores, retrieval)` where retrieval
+      holds 'indices' [B, k] int32 and 'scores' [B, k] ({} when the network has no memory).
+    """
+    logits, retrieval = self._compute_logits(params, batch, dropout_rng=None)
+    targets = batch['decoder_target_tokens']
+    weights = batch.get('decoder_loss_weights')
+    if weights is None:
+      weights = targets > 0
+    weights = weights.astype(jnp.float32)
+    token_scores = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1),
+                                       targets[..., None], axis=-1)[..., 0] * weights
+    scores = jnp.sum(token_scores, axis=-1)
+    if length_normalize:
+      scores = scores / jnp.maximum(jnp.sum(weights, axis=-1), 1.0)
+    if not return_retrieval:
+      return scores
+    return scores, {k: v for k, v in retrieval.items() if k in ('indices', 'scores')}
+
+  # --------------------------------------------------------------------- prediction
+  def _init_cache(self, params: Params, encoded: Array, encoder_input_tokens: Array,
+                  decode_length: int) -> Any:
+    """Zero KV cache for batch B and `decode_length` positions (T5X: init with decode=True).
+
+    Only the cache's shapes come from this call; the attention outputs are discarded.
+    """
+    batch = encoder_input_tokens.shape[0]
+    dummy = jnp.ones((batch, decode_length), jnp.int32)
+    _, state = self.network.apply(
+        {'params': params}, encoded, encoder_input_tokens, dummy, dummy,
+        enable_dropout=False, decode=True, max_decode_length=decode_length,
+        mutable=['cache'], method=self.network.decode)
+    return state['cache']
+
+  def predict_batch_with_aux(
+      self, params: Params, batch: Batch, decoding_method: str = 'greedy',
+      num_decodes: int = 1, alpha: float = 0.6, max_decode_length: Optional[int] = None,
+      temperature: float = 1.0, topk: int = 0, decode_rng: Optional[Array] = None,
+      return_all_decodes: bool = False) -> tuple[Array, dict[str, Array]]:
+    """Decodes with the KV cache; see `predict_batch`. Returns `(tokens, aux)`.
+
+    aux: 'scores' ([B] or [B, n] with `return_all_decodes`: beam = length-penalised
+    log-prob, greedy/sample = summed log-prob) and, with memory, 'retrieval_indices' [B, k].
+    """
+    if decoding_method not in _DECODINGS:
+      raise ValueError(f'decoding={decoding_method!r} is not one of {_DECODINGS}.')
+    encoder_input_tokens = batch['encoder_input_tokens']
+    if max_decode_length is None:
+      if 'decoder_input_tokens' not in batch:
+        raise ValueError('predict_batch needs the decode length: pass max_decode_length or '
+                         "a batch with 'decoder_input_tokens' [B, L].")
+      max_decode_length = batch['decoder_input_tokens'].shape[1]
+    length = int(max_decode_length)
+    batch_size = encoder_input_tokens.shape[0]
+    if decoding_method == 'greedy':
+      num_decodes = 1
+
+    encoded, retrieval = self._encode(params, encoder_input_tokens)
+    cache = self._init_cache(params, encoded, encoder_input_tokens, length)
+    encoded = decoding.flat_batch_beam_expand(encoded, num_decodes)
+    raw_inputs = decoding.flat_batch_beam_expand(encoder_input_tokens, num_decodes)
+
+    def tokens_to_logits(state: decoding.DecodingState):
+      logits, new_vars = self.network.apply(
+          {'params': params, 'cache': state.cache}, encoded, raw_inputs, state.cur_token,
+          state.cur_token, enable_dropout=False, decode=True, max_decode_length=length,
+          mutable=['cache'], method=self.network.decode)
+      return logits[:, 0, :], new_vars['cache']
+
+    prompt = jnp.zeros((batch_size, length), jnp.int32)
+    if decoding_method == 'beam':
+      seqs, scores = decoding.beam_search(prompt, cache, tokens_to_logits, self.eos_id,
+                                          num_decodes=num_decodes, alpha=alpha)
+    else:
+      seqs, scores = decoding.temperature_sample(
+          prompt, cache, tokens_to_logits, self.eos_id, decode_rng=decode_rng,
+          num_decodes=num_decodes,
+          temperature=0.0 if decoding_method == 'greedy' else temperature, topk=topk)
+    if not return_all_decodes:
+      seqs, scores = seqs[:, -1], scores[:, -1]
+    aux = {'scores': scores}
+    if 'indices' in retrieval:
+      aux['retrieval_indices'] = retrieval['indices']
+    return seqs, aux
+
+  def predict_batch(self, params: Params, batch: Batch, decoding: str = 'greedy',
+                    num_decodes: int = 4, alpha: float = 0.6,
+                    max_decode_length: Optional[int] = None, return_scores: bool = False,
+                    **kwargs):
+    """Predicted target tokens [B, L] (best decode; 0 after EOS).
+
+    Args:
+      params: the 'params' tree.
+      batch: needs 'encoder_input_tokens'; 'decoder_input_tokens' gives L unless
+        `max_decode_length` is passed.
+      decoding: 'greedy', 'beam' (width `num_decodes`, length penalty `alpha`) or 'sample'
+        (`temperature`, `topk`, `decode_rng` in kwargs; best of `num_decodes`).
+      num_decodes: beam width / number of samples (ignored by greedy).
+      alpha: beam-search length-penalty exponent.
+      max_decode_length: L, the number of decoded positions.
+      return_scores: also return the best decode's score [B].
+      **kwargs: passed to `predict_batch_with_aux` (temperature, topk, decode_rng,
+        return_all_decodes).
+
+    Returns:
+      tokens [B, L] int32, or `(tokens, scores [B])` with `return_scores`.
+    """
+    seqs, aux = self.predict_batch_with_aux(
+        params, batch, decoding_method=decoding, num_decodes=num_decodes, alpha=alpha,
+        max_decode_length=max_decode_length, **kwargs)
+    return (seqs, aux['scores']) if return_scores else seqs
