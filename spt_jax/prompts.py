@@ -283,6 +283,28 @@ def _scores(query: Array, keys: Array, similarity: str) -> Array:
   return jnp.einsum('bd,md->bm', query, keys, preferred_element_type=jnp.float32)
 
 
+def _mesh_axes_of(logical_name: str) -> tuple[str, ...] | None:
+  """Mesh axes (of size > 1 together) a logical axis maps to now, or None."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh is None or mesh.empty:
+    return None
+  spec = nn.logical_to_mesh_axes((logical_name,))
+  entry = spec[0] if spec is not None and len(spec) else None
+  if entry is None or entry is PartitionSpec.UNCONSTRAINED:
+    return None
+  axes = (entry,) if isinstance(entry, str) else tuple(entry)
+  if any(a not in mesh.shape for a in axes):
+    return None
+  if math.prod(mesh.shape[a] for a in axes) <= 1:
+    return None
+  return axes
+
+
+def _axes_size(axes: tuple[str, ...]) -> int:
+  mesh = jax.sharding.get_abstract_mesh()
+  return math.prod(mesh.shape[a] for a in axes)
+
+
 def memory_mesh_axes(num_rows: int) -> tuple[str, ...] | None:
   """Mesh axes the logical ``memory`` axis is split over, or None if unsplit.
 
@@ -291,25 +313,37 @@ def memory_mesh_axes(num_rows: int) -> tuple[str, ...] | None:
   active, the axes have total size 1, or ``num_rows`` does not divide evenly (then
   retrieval runs as plain single-program code and XLA partitions it).
   """
-  mesh = jax.sharding.get_abstract_mesh()
-  if mesh is None or mesh.empty:
+  axes = _mesh_axes_of('memory')
+  if axes is None:
     return None
-  spec = nn.logical_to_mesh_axes(('memory',))
-  entry = spec[0] if spec is not None and len(spec) else None
-  if entry is None or entry is PartitionSpec.UNCONSTRAINED:
-    return None
-  axes = (entry,) if isinstance(entry, str) else tuple(entry)
-  if any(a not in mesh.shape for a in axes):
-    return None
-  size = math.prod(mesh.shape[a] for a in axes)
-  if size <= 1:
-    return None
+  size = _axes_size(axes)
   if num_rows % size:
     logging.warning(
         'Memory bank of %d rows does not divide over mesh axes %s (size %d); '
         'retrieval falls back to unsharded code.', num_rows, axes, size)
     return None
   return axes
+
+
+def _batch_spec(batch_size: int, memory_axes: tuple[str, ...]) -> PartitionSpec:
+  """Spec of a [B, ...] activation inside the retrieval shard_map.
+
+  The batch stays split as the ``batch`` rule says (so each data shard retrieves
+  for its own rows only) unless that would reuse a memory axis or not divide.
+  """
+  axes = _mesh_axes_of('batch')
+  if (axes is None or set(axes) & set(memory_axes) or batch_size % _axes_size(axes)):
+    return PartitionSpec()
+  return PartitionSpec(axes)
+
+
+def _as_spec(x: Array, spec: PartitionSpec) -> Array:
+  """Reshards ``x`` to ``spec`` where the mesh has Explicit axes (shard_map requires
+  in_specs to match their sharding types); on Auto meshes shard_map reshards itself."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if any(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types):
+    return jax.sharding.reshard(x, spec)
+  return x
 
 
 def _sharded_top_k(query: Array, keys: Array, k: int, similarity: str,
@@ -329,12 +363,14 @@ def _sharded_top_k(query: Array, keys: Array, k: int, similarity: str,
     top_scores, pos = lax.top_k(scores, k)
     return top_scores, jnp.take_along_axis(idx, pos, axis=1)
 
-  # Replicated outputs of all_gather need check_vma=False; nothing here is
-  # differentiated (inputs are stop_gradient'ed by the caller).
+  # All mesh axes manual: the batch split is explicit, so XLA cannot choose to
+  # gather shard-local [B, M/P] scores over the batch axis. Outputs replicated
+  # over the memory axes come from all_gather, which needs check_vma=False;
+  # nothing here is differentiated (inputs are stop_gradient'ed by the caller).
+  batch = _batch_spec(query.shape[0], axes)
   return jax.shard_map(
-      local, in_specs=(PartitionSpec(), PartitionSpec(axes)),
-      out_specs=(PartitionSpec(), PartitionSpec()), axis_names=set(axes),
-      check_vma=False)(query, keys)
+      local, in_specs=(batch, PartitionSpec(axes)), out_specs=(batch, batch),
+      check_vma=False)(_as_spec(query, batch), _as_spec(keys, PartitionSpec(axes)))
 
 
 def retrieve_top_k(query: Array, keys: Array, k: int,
@@ -400,9 +436,10 @@ def gather_rows(table: Array, indices: Array, sharded: bool | None = None) -> Ar
     here = here.reshape(here.shape + (1,) * (got.ndim - here.ndim))
     return lax.psum(jnp.where(here, got, jnp.zeros((), got.dtype)), axes)
 
+  batch = _batch_spec(indices.shape[0], axes) if indices.ndim else PartitionSpec()
   return jax.shard_map(
-      local, in_specs=(PartitionSpec(axes), PartitionSpec()),
-      out_specs=PartitionSpec(), axis_names=set(axes))(table, indices)
+      local, in_specs=(PartitionSpec(axes), batch), out_specs=batch)(
+          _as_spec(table, PartitionSpec(axes)), _as_spec(indices, batch))
 
 
 # ----------------------------------------------------------------------------
