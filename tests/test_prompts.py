@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from spt_jax import network
 from spt_jax import prompts
 
 D = 16
@@ -54,9 +55,16 @@ def _bank(cfg, batch, seed=0):
   return module, {'params': variables['params']}, emb, mask, table
 
 
-@pytest.mark.parametrize('similarity', ['dot', 'cosine'])
-@pytest.mark.parametrize('pooling', ['mean', 'max', 'mean_max'])
-@pytest.mark.parametrize('memory_size,top_k,batch', [(8, 1, 3), (37, 4, 5), (256, 7, 9)])
+_SIZES = [(8, 1, 3), (37, 4, 5), (256, 7, 9)]   # (M, k, batch)
+# Every similarity x pooling pair, each at one size; the default pair at every size.
+_BRUTE_FORCE_CASES = [
+    (similarity, pooling, *_SIZES[i % 3])
+    for i, (similarity, pooling) in enumerate(
+        (s, p) for s in ('dot', 'cosine') for p in ('mean', 'max', 'mean_max'))
+] + [('cosine', 'mean', *_SIZES[0]), ('cosine', 'mean', *_SIZES[2])]
+
+
+@pytest.mark.parametrize('similarity,pooling,memory_size,top_k,batch', _BRUTE_FORCE_CASES)
 def test_memory_bank_matches_numpy_brute_force(similarity, pooling, memory_size, top_k, batch):
   cfg = prompts.PromptConfig(memory_size=memory_size, memory_length=3, top_k=top_k,
                              pooling=pooling, similarity=similarity, memory_init='uniform')
@@ -341,3 +349,100 @@ def test_wrong_embedding_width_is_a_clear_error():
   cfg = prompts.PromptConfig(soft_prompt_length=2, memory_size=8, top_k=2)
   with pytest.raises(ValueError, match=r'token embedding table \[V, 16\]'):
     prompts.SoftPrompt(cfg, D).init(jax.random.key(0), 2, jnp.zeros((10, 8)))
+
+
+# ----------------------------------------------------------------------------
+# Wired into the network: special cases and a hand-built forward.
+
+
+def _tiny_t5(vocab=VOCAB):
+  return network.T5Config(vocab_size=vocab, emb_dim=D, num_heads=2, head_dim=8, mlp_dim=32,
+                          num_encoder_layers=2, num_decoder_layers=1,
+                          relative_attention_num_buckets=8, relative_attention_max_distance=16)
+
+
+def _t5_batch(batch=4, enc_len=7, dec_len=3):
+  rng = np.random.RandomState(0)
+  enc = rng.randint(1, VOCAB, (batch, enc_len))
+  for b in range(batch):
+    enc[b, b + 2:] = 0
+  target = rng.randint(1, VOCAB, (batch, dec_len))
+  dec_in = np.concatenate([np.zeros((batch, 1), int), target[:, :-1]], axis=1)
+  return dict(encoder_input_tokens=jnp.asarray(enc, jnp.int32),
+              decoder_input_tokens=jnp.asarray(dec_in, jnp.int32),
+              decoder_target_tokens=jnp.asarray(target, jnp.int32))
+
+
+@pytest.mark.slow
+def test_no_prompt_config_is_plain_t5_bit_for_bit():
+  batch = _t5_batch()
+  plain = network.Transformer(_tiny_t5())
+  zero = network.Transformer(_tiny_t5(), prompts.PromptConfig(soft_prompt_length=0,
+                                                              memory_size=0))
+  params = plain.init(jax.random.key(0), **batch, enable_dropout=False)['params']
+  zero_params = zero.init(jax.random.key(0), **batch, enable_dropout=False)['params']
+  assert jax.tree.structure(zero_params) == jax.tree.structure(params)
+  run = lambda m: jax.jit(lambda p: m.apply({'params': p}, **batch, enable_dropout=False))
+  np.testing.assert_array_equal(run(zero)(params), run(plain)(params))
+
+
+def _extended_plain_forward(params, prefix_rows, batch):
+  """Plain T5 whose vocabulary is extended by one id per prefix row.
+
+  ``prefix_rows`` [B, P, d] become embedding rows V + b·P + j; the encoder input is
+  those ids followed by the tokens, so the plain network concatenates the prompt
+  and (ids > 0) extends the masks exactly as prompt tuning prescribes. Logits of
+  the extra ids come from zero kernel columns and are dropped.
+  """
+  b, p, d = prefix_rows.shape
+  params = nn.unbox(params)
+  params = jax.tree.map(lambda x: x, params)
+  params['token_embedder']['embedding'] = jnp.concatenate(
+      [params['token_embedder']['embedding'], prefix_rows.reshape(b * p, d)])
+  params['decoder']['logits_dense']['kernel'] = jnp.concatenate(
+      [params['decoder']['logits_dense']['kernel'], jnp.zeros((d, b * p))], axis=1)
+  ids = VOCAB + jnp.arange(b * p, dtype=jnp.int32).reshape(b, p)
+  ext = dict(batch, encoder_input_tokens=jnp.concatenate(
+      [ids, batch['encoder_input_tokens']], axis=1))
+  model = network.Transformer(_tiny_t5(VOCAB + b * p))
+  return model.apply({'params': params}, **ext, enable_dropout=False)[..., :VOCAB]
+
+
+@pytest.mark.slow
+def test_prompt_tuning_equals_hand_built_concatenation():
+  batch = _t5_batch()
+  cfg = prompts.PromptConfig(soft_prompt_length=4, memory_size=0)
+  model = network.Transformer(_tiny_t5(), cfg)
+  params = model.init(jax.random.key(0), **batch, enable_dropout=False)['params']
+  got = jax.jit(lambda p: model.apply({'params': p}, **batch, enable_dropout=False))(params)
+  prompt = nn.unbox(params['encoder']['soft_prompt']['prompt'])
+  want = jax.jit(_extended_plain_forward)(
+      params, jnp.broadcast_to(prompt, (4,) + prompt.shape), batch)
+  np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_spt_equals_hand_built_concatenation_of_soft_and_retrieved_prompts():
+  batch = _t5_batch()
+  cfg = prompts.PromptConfig(soft_prompt_length=3, memory_size=16, memory_length=2, top_k=2)
+  model = network.Transformer(_tiny_t5(), cfg)
+  params = model.init(jax.random.key(0), **batch, enable_dropout=False)['params']
+  got, state = jax.jit(lambda p: model.apply(
+      {'params': p}, **batch, enable_dropout=False, mutable=['retrieval']))(params)
+  bank = state['retrieval']['encoder']['memory_bank']
+  indices, scores = bank['indices'][0], bank['scores'][0]
+  # Brute-force retrieval from the embedded discrete prompt.
+  table = np.asarray(nn.unbox(params['token_embedder']['embedding']))
+  tokens = np.asarray(batch['encoder_input_tokens'])
+  keys = np.asarray(nn.unbox(params['encoder']['memory_bank']['keys']))
+  want_scores, want_idx = _np_retrieve(_np_query(table[tokens], tokens > 0, 'mean'), keys, 2,
+                                       'cosine')
+  np.testing.assert_array_equal(indices, want_idx)
+  values = np.asarray(nn.unbox(params['encoder']['memory_bank']['values']))
+  weights = 2 * np.asarray(jax.nn.softmax(jnp.asarray(want_scores) / cfg.temperature, axis=-1))
+  retrieved = (values[want_idx] * weights[:, :, None, None]).reshape(4, 4, D)
+  prompt = np.asarray(nn.unbox(params['encoder']['soft_prompt']['prompt']))
+  prefix = np.concatenate([np.broadcast_to(prompt, (4, 3, D)), retrieved], axis=1)
+  want = jax.jit(_extended_plain_forward)(params, jnp.asarray(prefix, jnp.float32), batch)
+  np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(scores, want_scores, atol=1e-6)
