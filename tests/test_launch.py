@@ -9,6 +9,7 @@ bring up `jax.distributed` through jax's own SLURM detection (as spt_jax.train d
 Run as a module (`python -m tests.test_launch`), this file is the probe that the SLURM test
 starts in each task.
 """
+import functools
 import os
 import pathlib
 import random
@@ -477,6 +478,260 @@ def test_slurm_sbatch_script_brings_up_jax_distributed(tmp_path):
     out = outputs[f'task{i}.out']
     assert f'probe process {i} of 4: sum=6' in out, out
     assert f"--gin.MODEL_DIR='{repo}/runs/m' --gin.TRAIN_STEPS=3" in out
+
+
+# ------------------------------------------------------------------------------ gin/t5x
+# t5x is not installable from PyPI, so the T5X route is checked structurally: every file parses
+# with gin's own parser, each binding's module alias is imported in its file, includes resolve,
+# bindings of our own configurables name real fields, T5X's Adafactor factor rules and the
+# partitioner rules cover every logical axis of the network, and the adapter module produces
+# T5X's `params` + `params_axes` layout from the real network.
+
+T5X_DIR = ROOT / 'gin' / 't5x'
+T5X_GIN_FILES = sorted(T5X_DIR.glob('*.gin'))
+
+
+class _RecordingDelegate:
+  """gin ParserDelegate that records references and macros instead of resolving them."""
+
+  def configurable_reference(self, scoped_name, evaluate):
+    return ('@', scoped_name, evaluate)
+
+  def macro(self, name):
+    return ('%', name)
+
+
+def parse_gin(path):
+  import gin.config_parser as cp  # pylint: disable=g-import-not-at-top
+  cp.ParserDelegate.register(_RecordingDelegate)
+  with open(path) as f:
+    return list(cp.ConfigParser(f, _RecordingDelegate()))
+
+
+def _references(value):
+  """All ('@', name, evaluate) references nested anywhere in a parsed value."""
+  if isinstance(value, tuple) and len(value) == 3 and value[0] == '@':
+    yield value[1]
+  elif isinstance(value, (list, tuple)):
+    for v in value:
+      yield from _references(v)
+  elif isinstance(value, dict):
+    for v in value.values():
+      yield from _references(v)
+
+
+def bindings_of(path):
+  """{(scope, selector, arg_name): value} of one gin file (macros: selector only)."""
+  import gin.config_parser as cp  # pylint: disable=g-import-not-at-top
+  return {(s.scope, s.selector, s.arg_name): s.value for s in parse_gin(path)
+          if isinstance(s, cp.BindingStatement)}
+
+
+def test_t5x_gin_files_exist():
+  names = {p.name for p in T5X_GIN_FILES}
+  assert {'spt_model.gin', 'spt_finetune.gin', 'spt_t5_1_1_base.gin', 'spt_t5_1_1_large.gin',
+          'spt_t5_1_1_xl.gin', 't0_spt_large.gin', 't0_spt_xl.gin',
+          'prompts_only.gin'} <= names
+  assert (T5X_DIR / 'README.md').is_file()
+
+
+@pytest.mark.parametrize('path', T5X_GIN_FILES, ids=lambda p: p.name)
+def test_t5x_gin_file_parses_and_imports_what_it_binds(path):
+  import gin.config_parser as cp  # pylint: disable=g-import-not-at-top
+  statements = parse_gin(path)
+  imports = [s for s in statements if isinstance(s, cp.ImportStatement)]
+  assert imports and imports[0].module == '__gin__.dynamic_registration', (
+      'T5X-style files start with `from __gin__ import dynamic_registration`')
+  aliases = {s.alias or s.module.split('.')[-1] if s.is_from or s.alias else s.module
+             for s in imports}
+  used = set()
+  for s in statements:
+    if isinstance(s, cp.BindingStatement):
+      if '.' in s.selector:   # a configurable, not a macro
+        used.add(s.selector.rsplit('.', 1)[0])
+      used.update(r.split('/')[-1].rsplit('.', 1)[0] for r in _references(s.value))
+    elif isinstance(s, cp.IncludeStatement):
+      inc = s.filename
+      assert inc.startswith('t5x/') or (ROOT / inc).is_file(), f'{path.name}: include {inc}'
+  used.discard('gin')   # %gin.REQUIRED
+  missing = sorted(u for u in used if u not in aliases)
+  assert not missing, f'{path.name} binds {missing} without importing them'
+
+
+def test_t5x_bindings_of_our_configurables_name_real_fields():
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  import inspect  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, str(T5X_DIR))
+  try:
+    import spt_t5x  # pylint: disable=g-import-not-at-top
+  finally:
+    sys.path.remove(str(T5X_DIR))
+  from spt_jax import network, prompts  # pylint: disable=g-import-not-at-top
+  fields = {
+      'network.T5Config': {f.name for f in dataclasses.fields(network.T5Config)},
+      'prompts.PromptConfig': {f.name for f in dataclasses.fields(prompts.PromptConfig)},
+      'spt_t5x.SptT5XTransformer': {'config', 'prompt_config'},
+      'spt_t5x.match_any': set(inspect.signature(spt_t5x.match_any).parameters),
+  }
+  seen = set()
+  for path in T5X_GIN_FILES:
+    for (_, selector, arg), _ in bindings_of(path).items():
+      if selector in fields:
+        assert arg in fields[selector], f'{path.name}: {selector}.{arg} is not a field'
+        seen.add(selector)
+  assert seen == set(fields)
+  # Each size file, on top of the shared model file, builds a valid T5Config.
+  shared = {a: v for (_, s, a), v in bindings_of(T5X_DIR / 'spt_model.gin').items()
+            if s == 'network.T5Config' and not isinstance(v, tuple) or a == 'mlp_activations'}
+  shared = {a: v for a, v in shared.items() if a in fields['network.T5Config']}
+  for size, emb in (('base', 768), ('large', 1024), ('xl', 2048)):
+    own = {a: v for (_, s, a), v in bindings_of(T5X_DIR / f'spt_t5_1_1_{size}.gin').items()
+           if s == 'network.T5Config'}
+    cfg = network.T5Config(**{**shared, **own})
+    assert cfg.emb_dim == emb and cfg.mlp_activations == ('gelu', 'linear')
+    assert cfg.num_heads * cfg.head_dim == {'base': 768, 'large': 1024, 'xl': 2048}[size]
+    models_gin = ROOT / 'gin' / 'models' / f't5_1_1_{size}.gin'
+    if models_gin.is_file():   # same dims as spt_jax.train's model file
+      theirs = {a: v for (_, s, a), v in bindings_of(models_gin).items()
+                if s.endswith('T5Config') and a in own}
+      assert {a: own[a] for a in theirs} == theirs, models_gin
+
+
+def test_t5x_run_settings_never_pack_and_spare_prompts_on_restore():
+  b = bindings_of(T5X_DIR / 'spt_finetune.gin')
+  for scope in ('train', 'train_eval', 'infer_eval'):
+    assert b[(scope, 'utils.DatasetConfig', 'pack')] is False
+  assignment = b[('', 'utils.RestoreCheckpointConfig', 'assignment_map')]
+  import re  # pylint: disable=g-import-not-at-top
+  (pattern, target), = assignment
+  assert target is None
+  for p in ('target/encoder/soft_prompt/prompt', 'target/encoder/memory_bank/values',
+            'state/param_states/encoder/memory_bank/keys/v_row'):
+    assert re.fullmatch(pattern, p)
+  assert not re.fullmatch(pattern, 'target/encoder/layers_0/attention/query/kernel')
+  for size in ('large', 'xl'):
+    t0 = bindings_of(T5X_DIR / f't0_spt_{size}.gin')
+    assert t0[('', 'MIXTURE_OR_TASK_NAME', '')] == 'spt_t0_train'
+    assert t0[('', 'TASK_FEATURE_LENGTHS', '')] == {'inputs': 1024, 'targets': 256}
+    assert t0[('', 'DROPOUT_RATE', '')] == 0.1
+    assert f'lm100k_{size}' in t0[('', 'INITIAL_CHECKPOINT_PATH', '')]
+
+
+def _tiny_spt_network(key_loss_weight=0.0):
+  sys.path.insert(0, str(T5X_DIR))
+  try:
+    import spt_t5x  # pylint: disable=g-import-not-at-top
+  finally:
+    sys.path.remove(str(T5X_DIR))
+  from spt_jax import network, prompts  # pylint: disable=g-import-not-at-top
+  cfg = network.T5Config(vocab_size=128, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=32,
+                         num_encoder_layers=1, num_decoder_layers=1)
+  pc = prompts.PromptConfig(soft_prompt_length=3, memory_size=8, memory_length=2, top_k=2,
+                            init_vocab_size=100, key_loss_weight=key_loss_weight)
+  return spt_t5x, network.Transformer(cfg, pc), spt_t5x.SptT5XTransformer(cfg, pc)
+
+
+def _tiny_batch():
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  rng = np.random.RandomState(0)
+  enc = rng.randint(1, 128, size=(2, 6)).astype(np.int32)
+  enc[1, 4:] = 0
+  dec_in = rng.randint(1, 128, size=(2, 4)).astype(np.int32)
+  dec_in[:, 0] = 0
+  return enc, dec_in, rng.randint(1, 128, size=(2, 4)).astype(np.int32)
+
+
+@pytest.mark.slow   # one compile of a tiny network: ~5 s idle, ~20 s on a loaded 2-core box
+def test_t5x_adapter_emits_params_axes_and_same_network():
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+  from flax.linen import partitioning as flax_partitioning  # pylint: disable=g-import-not-at-top
+  spt_t5x, ours, t5x_net = _tiny_spt_network()
+  enc, dec_in, dec_tgt = _tiny_batch()
+  rng = jax.random.PRNGKey(0)
+  boxed = jax.jit(functools.partial(ours.init, enable_dropout=False))(rng, enc, dec_in, dec_tgt)
+  variables = spt_t5x.to_t5x_variables(boxed)
+  # SptT5XTransformer.init returns exactly this layout (traced, not compiled: CPU time is scarce).
+  traced = jax.eval_shape(functools.partial(t5x_net.init, enable_dropout=False), rng, enc, dec_in,
+                          dec_tgt)
+  assert jax.tree.structure(traced) == jax.tree.structure(variables)
+  assert set(variables) == {'params', 'params_axes'}   # no 'retrieval' statistics
+  params = variables['params']
+  # T5X's _validate_params_axes: every parameter has axis names, and nothing else does.
+  names = flax_partitioning.get_axis_names(variables['params_axes'])
+  flat_params = traverse_util.flatten_dict(params, sep='/')
+  flat_names = traverse_util.flatten_dict(names, sep='/')
+  assert set(flat_params) == set(flat_names)
+  assert tuple(flat_names['encoder/memory_bank/values']) == ('memory', 'memory_length', 'embed')
+  assert tuple(flat_names['encoder/soft_prompt/prompt']) == ('prompt', 'embed')
+  for path, value in flat_params.items():
+    assert isinstance(value, jax.Array), path
+    assert len(flat_names[path]) == value.ndim, path
+  # Same values and same outputs as the network's own boxed variables.
+  from flax.core import meta  # pylint: disable=g-import-not-at-top
+  unboxed = traverse_util.flatten_dict(meta.unbox(boxed['params']), sep='/')
+  assert set(unboxed) == set(flat_params)
+  for path in unboxed:
+    np.testing.assert_array_equal(unboxed[path], flat_params[path])
+  both = jax.jit(lambda p, b: (
+      t5x_net.apply(p, enc, dec_in, dec_tgt, enable_dropout=False),
+      ours.apply(b, enc, dec_in, dec_tgt, enable_dropout=False)))
+  logits_t5x, logits_ours = both({'params': params}, boxed)
+  np.testing.assert_allclose(np.asarray(logits_t5x), np.asarray(logits_ours), rtol=1e-6)
+  # prompts_only.gin's filter selects exactly the prompt parameters (flax traversal paths).
+  b = bindings_of(T5X_DIR / 'prompts_only.gin')
+  keep = spt_t5x.match_any(b[('', 'spt_t5x.match_any', 'regexes')])
+  selected = {p for p in flat_params if keep('/' + p, None)}
+  assert selected == {'encoder/soft_prompt/prompt', 'encoder/memory_bank/keys',
+                      'encoder/memory_bank/values'}
+  with pytest.raises(ValueError, match='at least one regex'):
+    spt_t5x.match_any([])
+
+
+def test_t5x_adapter_refuses_key_loss():
+  import jax  # pylint: disable=g-import-not-at-top
+  _, _, t5x_net = _tiny_spt_network(key_loss_weight=0.5)
+  enc, dec_in, dec_tgt = _tiny_batch()
+  with pytest.raises(ValueError, match='key_loss_weight=0.5 has no effect'):
+    t5x_net.init(jax.random.PRNGKey(0), enc, dec_in, dec_tgt, enable_dropout=False)
+
+
+def _t5x_factor_rule(rules, axes):
+  """T5X adafactor.set_param_axes' rule for one parameter (names 'row'/'column'/...)."""
+  dims = tuple(rules[a] for a in axes)   # KeyError == T5X's failure for a missing name
+  if 'row' in dims and 'column' in dims and 'none' in dims:
+    raise ValueError(f'Incomplete adafactor spec {dims}')
+  if 'row' not in dims or 'column' not in dims:
+    dims = tuple('none' if d in ('row', 'column') else d for d in dims)
+  return dims
+
+
+def test_t5x_adafactor_and_partition_rules_cover_every_axis():
+  import jax  # pylint: disable=g-import-not-at-top
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+  from flax.linen import partitioning as flax_partitioning  # pylint: disable=g-import-not-at-top
+  _, _, t5x_net = _tiny_spt_network()
+  enc, dec_in, dec_tgt = _tiny_batch()
+  variables = jax.eval_shape(
+      lambda: t5x_net.init(jax.random.PRNGKey(0), enc, dec_in, dec_tgt, enable_dropout=False))
+  names = traverse_util.flatten_dict(
+      flax_partitioning.get_axis_names(variables['params_axes']), sep='/')
+  b = bindings_of(T5X_DIR / 'spt_model.gin')
+  factor_rules = b[('', 'adafactor.Adafactor', 'logical_factor_rules')]
+  assert set(factor_rules.values()) <= {'row', 'column', 'batch', 'none'}
+  for path, axes in names.items():
+    dims = _t5x_factor_rule(factor_rules, tuple(axes))
+    if len(axes) > 2:   # T5X requires an explicit factorisation above rank 2
+      assert 'row' in dims and 'column' in dims, (path, dims)
+  assert _t5x_factor_rule(factor_rules, ('memory', 'memory_length', 'embed')) == (
+      'column', 'column', 'row')
+  extra = b[('', 'partitioning.standard_logical_axis_rules', 'additional_rules')]
+  assert extra == [('prompt', None), ('memory', 'model'), ('memory_length', None)]
+  from spt_jax import partitioning  # pylint: disable=g-import-not-at-top
+  ours = dict(partitioning.LOGICAL_AXIS_RULES)
+  for name, mesh_axis in extra:   # the same placement as spt_jax.train
+    assert ours[name] == mesh_axis
 
 
 def _slurm_probe():

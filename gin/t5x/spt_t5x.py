@@ -1,0 +1,113 @@
+"""Adapter that runs spt_jax's network under T5X's own trainer (`python -m t5x.train`).
+
+T5X's `FlaxOptimTrainState` and `PjitPartitioner` read each parameter's logical axes from a
+separate `params_axes` collection (what `flax.linen.partitioning.param_with_axes` emits) and
+expect raw arrays in `params`. spt_jax's `network.Transformer` instead boxes its parameters
+with flax's newer metadata API (`nn.with_logical_partitioning`), so `init` returns
+`nn.LogicallyPartitioned` leaves and no `params_axes`.
+
+`SptT5XTransformer` is `network.Transformer` unchanged (same fields, same `encode` / `decode`
+/ `__call__`, same parameter tree, so checkpoints move between the two trainers) except that
+`init` returns T5X's layout:
+
+  params       raw arrays, e.g. params/encoder/memory_bank/values           [M, L_m, d]
+  params_axes  AxisMetadata, e.g. params_axes/encoder/memory_bank/values_axes
+               names=('memory', 'memory_length', 'embed')
+
+and drops the `retrieval` collection that `MemoryBank` sows (T5X would otherwise carry it as
+a mutable collection; it is only statistics). T5X applies the module with `params` only, so
+`sow` is a no-op there and the optional key-pull loss cannot reach T5X's loss: a config with
+`key_loss_weight > 0` is refused with an error rather than silently ignored.
+
+`match_any(regexes)` gives T5X's `MultiOptimizer` / flax `ModelParamTraversal` a filter over
+'/'-joined parameter paths (used by prompts_only.gin to train only the soft prompt and the
+memory bank).
+
+This file lives in gin/t5x/ because only the optional T5X route uses it; put the directory on
+PYTHONPATH (see gin/t5x/README.md). It needs flax and spt_jax, not t5x.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import flax
+import flax.linen as nn
+from flax import traverse_util
+from flax.linen import partitioning as flax_partitioning
+
+from spt_jax import network
+from spt_jax import prompts
+
+AXES_SUFFIX = '_axes'
+
+
+def to_t5x_variables(variables: Mapping[str, Any]) -> flax.core.FrozenDict:
+  """Boxed flax variables -> T5X layout (raw `params` + `params_axes`).
+
+  Args:
+    variables: output of `network.Transformer.init`: collection -> nested dict whose
+      `params` leaves are `nn.LogicallyPartitioned` boxes.
+
+  Returns:
+    A FrozenDict with `params` unboxed, `params_axes` holding one
+    `flax.linen.partitioning.AxisMetadata` per parameter (key `<name>_axes`), the other
+    collections unboxed, and the `retrieval` statistics collection removed.
+
+  Raises:
+    ValueError: a parameter carries no logical axis names (T5X could not partition it).
+  """
+  variables = dict(flax.core.unfreeze(variables))
+  variables.pop(prompts.RETRIEVAL_COLLECTION, None)
+  out = {}
+  for collection, tree in variables.items():
+    if collection.endswith(AXES_SUFFIX):
+      out[collection] = tree
+      continue
+    flat = traverse_util.flatten_dict(tree)
+    if collection == 'params':
+      axes = {}
+      for path, leaf in flat.items():
+        if not isinstance(leaf, nn.LogicallyPartitioned):
+          raise ValueError(
+              f"Parameter {'/'.join(path)} has no logical axis names; T5X needs them for "
+              'every parameter. Declare it with nn.with_logical_partitioning in spt_jax.')
+        axes[path[:-1] + (path[-1] + AXES_SUFFIX,)] = flax_partitioning.AxisMetadata(
+            names=tuple(leaf.names))
+      out['params_axes'] = traverse_util.unflatten_dict(axes)
+    out[collection] = traverse_util.unflatten_dict(
+        {path: leaf.value if isinstance(leaf, nn.meta.AxisMetadata) else leaf
+         for path, leaf in flat.items()})
+  return flax.core.freeze(out)
+
+
+class SptT5XTransformer(network.Transformer):
+  """`network.Transformer` whose `init` emits T5X's `params` + `params_axes` layout."""
+
+  def _check_t5x_compatible(self):
+    if self.prompt_config is not None and self.prompt_config.key_loss_weight:
+      raise ValueError(
+          f'PromptConfig.key_loss_weight={self.prompt_config.key_loss_weight} has no effect '
+          "under T5X's trainer (its loss does not read the sown key loss). Set "
+          'prompts.PromptConfig.key_loss_weight = 0.0, or train with python -m spt_jax.train.')
+
+  def init(self, rngs, *args, **kwargs):  # pylint: disable=arguments-differ
+    self._check_t5x_compatible()
+    return to_t5x_variables(super().init(rngs, *args, **kwargs))
+
+
+def match_any(regexes: Sequence[str]) -> Callable[[str, Any], bool]:
+  """Filter for `flax.traverse_util.ModelParamTraversal`: path matches any regex.
+
+  Paths look like '/encoder/memory_bank/values' (flax's traversal puts a leading '/').
+  """
+  compiled = [re.compile(r) for r in regexes]
+  if not compiled:
+    raise ValueError('match_any needs at least one regex, e.g. [".*/soft_prompt/.*"].')
+
+  def filter_fn(path: str, value: Any) -> bool:
+    del value
+    return any(r.fullmatch(path) for r in compiled)
+
+  return filter_fn
