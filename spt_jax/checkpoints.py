@@ -496,12 +496,25 @@ def load_t5x(path: PathLike, dtype: Any = np.float32) -> Params:
 # ----------------------------------------------------------------------------- orbax
 
 
+def _latest_orbax_step_dir(path: pathlib.Path) -> pathlib.Path:
+  """`model_dir` or its `checkpoints/` -> the newest `<step>/` directory; else `path`."""
+  for base in (path, path / 'checkpoints'):
+    steps = [p for p in base.iterdir() if p.is_dir() and p.name.isdigit()] if base.is_dir() \
+        else []
+    if steps:
+      return max(steps, key=lambda p: int(p.name))
+  return path
+
+
 def load_orbax_params(path: PathLike, item: str | None = None) -> Params:
   """Reads the `params` of an orbax checkpoint as host numpy arrays.
 
-  Accepts a step directory of a `CheckpointManager` (with one sub-directory per item), an item
-  directory, or a directory written by a plain `PyTreeCheckpointer`/`StandardCheckpointer`.
-  If the tree has a top-level `params` entry (a train state), only that subtree is returned.
+  Accepts a model directory or its `checkpoints/` directory (the newest step is used), a step
+  directory of a `CheckpointManager` (with one sub-directory per item, e.g. `state/` as
+  `spt_jax.train_state.Checkpointer` writes it), an item directory, or a directory written by a
+  plain `PyTreeCheckpointer`/`StandardCheckpointer`. If the tree has a top-level `params` entry
+  (a train state), only that subtree is read (orbax partial restore: the optimizer state is
+  not loaded).
 
   Args:
     path: orbax checkpoint directory.
@@ -512,6 +525,7 @@ def load_orbax_params(path: PathLike, item: str | None = None) -> Params:
   path = pathlib.Path(path).absolute()
   if not path.is_dir():
     raise FileNotFoundError(f'No orbax checkpoint directory at {path}.')
+  path = _latest_orbax_step_dir(path)
   names = [item] if item else ['state', 'params', 'train_state', 'default']
   item_dir = next((path / n for n in names if (path / n).is_dir()), path)
   if item and item_dir == path:
@@ -582,9 +596,33 @@ def check_params_match(expected: Mapping[str, Any], found: Mapping[str, Any],
   return kept
 
 
+# Fields that change what a checkpoint computes (not only its shapes); dropout and compute
+# dtype are training choices and may differ from the checkpoint's.
+_ARCH_FIELDS = ('vocab_size', 'emb_dim', 'num_heads', 'head_dim', 'mlp_dim',
+                'num_encoder_layers', 'num_decoder_layers', 'mlp_activations',
+                'logits_via_embedding', 'relative_attention_num_buckets',
+                'relative_attention_max_distance', 'layer_norm_epsilon')
+
+
+def check_config_match(expected: network.T5Config, found: network.T5Config,
+                       source: str = 'checkpoint') -> None:
+  """Raises `CheckpointMismatchError` naming each architecture field that differs.
+
+  Shapes alone cannot tell gated-GELU from gated-SiLU, or max_distance 128 from 64; this
+  catches a model config that would run the checkpoint's weights with the wrong function.
+  """
+  diffs = [f'{f}: model has {getattr(expected, f)!r}, {source} has {getattr(found, f)!r}'
+           for f in _ARCH_FIELDS if getattr(expected, f) != getattr(found, f)]
+  if diffs:
+    raise CheckpointMismatchError(
+        f'Model config does not match the {source} config; set these fields in the model '
+        'config (gin) to the checkpoint\'s values:\n  ' + '\n  '.join(diffs))
+
+
 def restore_params(path: PathLike, format: str, expected_params: Mapping[str, Any],  # pylint: disable=redefined-builtin
                    keep_init: Sequence[str] = PROMPT_PARAM_REGEXES,
-                   shardings: Any = None) -> Params:
+                   shardings: Any = None,
+                   config: network.T5Config | None = None) -> Params:
   """Loads a checkpoint and fits it to the model's parameter tree.
 
   Args:
@@ -595,6 +633,8 @@ def restore_params(path: PathLike, format: str, expected_params: Mapping[str, An
       in `expected_params` (default: SPT soft prompt and memory bank).
     shardings: optional tree of `jax.sharding.Sharding` like `expected_params` (unboxed); each
       restored leaf is placed with it.
+    config: the model's `T5Config`; with format 'hf' it is checked against the checkpoint's
+      config.json (activation, bias buckets, epsilon, ...), which shapes cannot reveal.
 
   Returns:
     A tree shaped like `expected_params` (boxes kept, dtypes of `expected_params`) with the
@@ -605,7 +645,9 @@ def restore_params(path: PathLike, format: str, expected_params: Mapping[str, An
     CheckpointMismatchError: names or shapes differ (see `check_params_match`).
   """
   if format == 'hf':
-    _, found = load_hf_t5(path)
+    hf_config, found = load_hf_t5(path)
+    if config is not None:
+      check_config_match(config, hf_config, source=f'{path}/config.json')
   elif format == 't5x':
     found = load_t5x(path)
   elif format == 'orbax':
@@ -642,6 +684,7 @@ def iter_params(tree: Mapping[str, Any]) -> Iterator[tuple[str, tuple[int, ...]]
 
 
 __all__: Iterable[str] = (
-    'CheckpointMismatchError', 'HF_ACTIVATIONS', 'PROMPT_PARAM_REGEXES', 'check_params_match',
+    'CheckpointMismatchError', 'HF_ACTIVATIONS', 'PROMPT_PARAM_REGEXES', 'check_config_match',
+    'check_params_match',
     'hf_config_to_t5', 'iter_params', 'load_hf_t5', 'load_orbax_params', 'load_t5x',
     'restore_params', 't5x_param_shapes')

@@ -374,3 +374,40 @@ def test_restore_params_orbax(tmp_path, as_train_state):
 def test_orbax_missing_dir(tmp_path):
   with pytest.raises(FileNotFoundError, match='orbax'):
     checkpoints.load_orbax_params(tmp_path / 'nope')
+
+
+def test_restore_params_from_train_state_checkpointer(tmp_path):
+  train_state = pytest.importorskip('spt_jax.train_state')
+  import optax  # pylint: disable=g-import-not-at-top
+  _, params = _init(TINY)
+  params = flax.linen.unbox(params)
+  opt_state = optax.adafactor(1e-3).init(params)
+  state = train_state.TrainState.create(params, opt_state, jax.random.PRNGKey(1))
+  ckpt = train_state.Checkpointer(str(tmp_path), async_save=False)
+  ckpt.save(state)
+  ckpt.save(state.replace(step=jnp.array(5, jnp.int32),
+                          params=jax.tree.map(lambda x: x + 1.0, params)))
+  ckpt.wait()
+  ckpt.close()
+  _, abstract = _init(TINY, abstract=True)
+  for path, offset in ((tmp_path, 1.0), (tmp_path / 'checkpoints', 1.0),
+                       (tmp_path / 'checkpoints' / '0', 0.0)):
+    restored = flax.linen.unbox(checkpoints.restore_params(path, 'orbax', abstract))
+    for name, value in checkpoints.flatten(params).items():
+      np.testing.assert_array_equal(checkpoints.flatten(restored)[name],
+                                    np.asarray(value) + offset, err_msg=f'{path} {name}')
+
+
+def test_restore_params_checks_hf_config(tmp_path, hf_model):
+  hf_model.save_pretrained(tmp_path)
+  config, _ = checkpoints.load_hf_t5(tmp_path)
+  _, abstract = _init(config, abstract=True)
+  # Same shapes, different function: only the config check can see it.
+  wrong = dataclasses.replace(config, mlp_activations=('silu', 'linear'), dropout_rate=0.3)
+  with pytest.raises(checkpoints.CheckpointMismatchError,
+                     match=r"mlp_activations: model has \('silu', 'linear'\), .*config.json has "
+                     r"\('gelu', 'linear'\)"):
+    checkpoints.restore_params(tmp_path, 'hf', abstract, config=wrong)
+  # Dropout is a training choice, not part of the checkpoint's function.
+  checkpoints.restore_params(tmp_path, 'hf', abstract,
+                             config=dataclasses.replace(config, dropout_rate=0.3))
