@@ -682,7 +682,8 @@ def test_t5x_adapter_emits_params_axes_and_same_network():
   # prompts_only.gin's filter selects exactly the prompt parameters (flax traversal paths).
   b = bindings_of(T5X_DIR / 'prompts_only.gin')
   keep = spt_t5x.match_any(b[('', 'spt_t5x.match_any', 'regexes')])
-  selected = {p for p in flat_params if keep('/' + p, None)}
+  marked = traverse_util.ModelParamTraversal(keep).update(lambda x: None, dict(params))
+  selected = {p for p, v in traverse_util.flatten_dict(marked, sep='/').items() if v is None}
   assert selected == {'encoder/soft_prompt/prompt', 'encoder/memory_bank/keys',
                       'encoder/memory_bank/values'}
   with pytest.raises(ValueError, match='at least one regex'):
