@@ -1,0 +1,610 @@
+r"""Gin entry point: zero-shot evaluation of a checkpoint on a seqio mixture; results tables.
+
+Run (the local SPT run's checkpoint on the sample held-out mixture)::
+
+  python -m spt_jax.evaluate --gin_search_paths=gin \
+    --gin_file=methods/spt.gin --gin_file=runs/local.gin --gin_file=runs/eval.gin \
+    --gin.CHECKPOINT_PATH="'/tmp/spt_local'" \
+    --gin.EVAL_MIXTURE="'spt_sample_heldout_score_eval'"
+
+Pass the model / method gin files the checkpoint was trained with (they configure
+`runner.create_model`), then `runs/eval.gin`. Macros (gin/runs/eval.gin): CHECKPOINT_PATH,
+CHECKPOINT_FORMAT ('orbax' | 'hf' | 't5x'), CHECKPOINT_STEP, EVAL_MIXTURE, EVAL_SPLIT,
+EVAL_BATCH_SIZE, EVAL_TASK_FEATURE_LENGTHS (None: the longest example), EVAL_NUM_EXAMPLES,
+EVAL_OUTPUT_DIR.
+
+CHECKPOINT_PATH with 'orbax' is an spt_jax train run (its MODEL_DIR: the latest, or
+CHECKPOINT_STEP, of `MODEL_DIR/checkpoints/<step>`), one step directory, or any orbax params
+tree; 'hf' a transformers T5 folder; 't5x' a T5X `checkpoint_<step>` folder (prompt and
+memory parameters, absent from those, are freshly initialised).
+
+How it works: a `seqio.Evaluator` over the mixture calls `score_fn` (rank classification:
+`_score_eval` tasks) and `predict_fn` (generative tasks) with each task's dataset of
+unbatched `(index, features)` tuples; `Evaluation` batches them to EVAL_BATCH_SIZE (padding
+the last batch with copies of a real row, dropped afterwards), shards every batch over the
+mesh's `data` axis exactly as training does (`runner.ModelSetup`), and runs the jitted
+`EncoderDecoderModel.score_batch` / `predict_batch`. With a memory bank, the retrieved slot
+ids of every example are collected while scoring (one row per example, not per answer
+choice).
+
+What it writes (process 0) in the output directory (EVAL_OUTPUT_DIR, default
+`<run>/eval/step_<N>` for an orbax run): `results.json`, `results.csv`, `results.md`
+(per template → per dataset median/mean/min/max → per cluster → overall, through
+`spt_jax.results`), `accuracy_per_dataset.png`, for SPT `memory_slot_usage.png`, the
+operative `config.gin`, and seqio's per-task JSON logs under `seqio/`.
+
+Periodic evaluation while training: `train.eval_hook_factory = @evaluate.eval_hook_factory()`
+(with `evaluate.eval_hook_factory.mixture_or_task_name` and `.model_dir = %MODEL_DIR`) runs
+`Evaluation.run(params, step)` every `train.eval_every_steps` steps and at the end.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Optional
+
+import jax
+import numpy as np
+from absl import app
+from absl import logging
+from etils import epath
+
+from spt_jax import checkpoints
+from spt_jax import models as models_lib
+from spt_jax import partitioning
+from spt_jax import results as results_lib
+from spt_jax import runner
+
+CHECKPOINT_FORMATS = ('orbax', 'hf', 't5x')
+SEQIO_LOG_SUBDIR = 'seqio'
+
+
+# ------------------------------------------------------------------------------------------
+# Checkpoints.
+# ------------------------------------------------------------------------------------------
+def check_checkpoint(path: str, format: str) -> None:  # pylint: disable=redefined-builtin
+  """Fails fast, before any data or model work, on a missing path or an unknown format."""
+  if format not in CHECKPOINT_FORMATS:
+    raise ValueError(f'CHECKPOINT_FORMAT={format!r} is not one of {CHECKPOINT_FORMATS}: '
+                     "'orbax' for spt_jax runs, 'hf' for a transformers T5 folder, 't5x' for a "
+                     'T5X checkpoint_<step> folder.')
+  if not path:
+    raise ValueError('CHECKPOINT_PATH is empty: set --gin.CHECKPOINT_PATH="\'/path\'" to an '
+                     'spt_jax run directory (MODEL_DIR), an orbax step directory, an HF T5 '
+                     'folder or a T5X checkpoint.')
+  if not epath.Path(path).exists():
+    raise FileNotFoundError(
+        f'CHECKPOINT_PATH={path!r} does not exist. Point it at an spt_jax run directory (the '
+        "trainer's MODEL_DIR) or one of its checkpoints/<step> directories (format 'orbax'), "
+        "a transformers T5 folder ('hf') or a T5X checkpoint_<step> folder ('t5x').")
+
+
+def run_checkpoint_steps(run_dir: str) -> list[int]:
+  """Steps saved under `<run_dir>/checkpoints/`, ascending ([] if none)."""
+  directory = epath.Path(run_dir) / 'checkpoints'
+  if not directory.is_dir():
+    return []
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+
+
+def is_train_run(path: str) -> bool:
+  """Whether `path` is an spt_jax train run directory (it has `checkpoints/`)."""
+  return (epath.Path(path) / 'checkpoints').is_dir()
+
+
+def checkpoint_step_of(path: str) -> Optional[int]:
+  """The step a checkpoint directory's name states (`1200`, `checkpoint_1200`), else None."""
+  m = re.fullmatch(r'(?:checkpoint_)?(\d+)', epath.Path(path).name)
+  return int(m.group(1)) if m else None
+
+
+def load_params(setup: runner.ModelSetup, path: str, format: str = 'orbax',  # pylint: disable=redefined-builtin
+                step: Optional[int] = None, seed: int = 0) -> tuple[Any, int]:
+  """Parameters of a checkpoint placed on the setup's mesh, and the step they are from.
+
+  Args:
+    setup: the model on its mesh.
+    path: see the module docstring (CHECKPOINT_PATH).
+    format: 'orbax' | 'hf' | 't5x'.
+    step: with an orbax run directory, which checkpoint (default: the latest).
+    seed: initialises the prompt / memory parameters an 'hf' / 't5x' checkpoint lacks.
+
+  Returns:
+    `(params, step)`; step is 0 when the checkpoint does not state one.
+
+  Raises:
+    FileNotFoundError: no checkpoint there (or not that step).
+    checkpoints.CheckpointMismatchError: the checkpoint does not fit the gin model config.
+  """
+  check_checkpoint(path, format)
+  if format == 'orbax':
+    if is_train_run(path):
+      steps = run_checkpoint_steps(path)
+      if not steps:
+        raise FileNotFoundError(f'{path}/checkpoints holds no step directory: train first, or '
+                                'point CHECKPOINT_PATH at a checkpoint.')
+      if step is None:
+        step = steps[-1]
+      elif step not in steps:
+        raise FileNotFoundError(f'CHECKPOINT_STEP={step} is not in {path}/checkpoints '
+                                f'(steps: {steps}).')
+      logging.info('Restoring step %d of run %s', step, path)
+      return setup.restore_params_from_run(path, step), step
+    found = checkpoints.load_orbax_params(path)
+    checkpoints.check_params_match(setup.abstract_params, found)
+    params = jax.tree.map(lambda a, s: jax.device_put(np.asarray(a), s), found,
+                          setup.param_shardings)
+    return params, checkpoint_step_of(path) or 0
+  init_rng, prompt_rng = jax.random.split(jax.random.PRNGKey(seed))
+  params = setup.load_initial_params(setup.init_params(init_rng), path, format, prompt_rng)
+  return params, checkpoint_step_of(path) or 0
+
+
+# ------------------------------------------------------------------------------------------
+# Batching the Evaluator's datasets.
+# ------------------------------------------------------------------------------------------
+def batches_from_enumerated(ds, batch_size: int) -> Any:
+  """Yields `(indices [n], features {k: [batch_size, ...]}, n)` from `(index, features)` tuples.
+
+  The last batch is padded to `batch_size` with copies of its first row (real tokens, so no
+  all-padding row reaches the memory-bank pooling); `n` is its number of real rows.
+  """
+  def emit(idx, rows):
+    n = len(rows)
+    rows = rows + [rows[0]] * (batch_size - n)
+    feats = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    return np.asarray(idx, np.int64), feats, n
+
+  idx, rows = [], []
+  for index, features in ds.as_numpy_iterator():
+    idx.append(int(index))
+    rows.append(features)
+    if len(rows) == batch_size:
+      yield emit(idx, rows)
+      idx, rows = [], []
+  if rows:
+    yield emit(idx, rows)
+
+
+def _process_rows(features: Mapping[str, np.ndarray], batch_size: int,
+                  mesh: jax.sharding.Mesh) -> dict[str, np.ndarray]:
+  """This process's rows of a global batch (every process iterates the whole eval set)."""
+  local = partitioning.host_local_batch_size(batch_size, mesh)
+  pid = jax.process_index() if jax.process_count() > 1 else 0
+  return {k: v[pid * local:(pid + 1) * local] for k, v in features.items()}
+
+
+def _example_ids(task_dataset) -> Optional[np.ndarray]:
+  """Example id of every row of a `_score_eval` task (`idx[0]`), or None without `idx`."""
+  ids = []
+  for ex in task_dataset.as_numpy_iterator():
+    if 'idx' not in ex:
+      return None
+    idx = np.asarray(ex['idx']).reshape(-1)
+    ids.append(int(idx[0]))
+  return np.asarray(ids, np.int64)
+
+
+# ------------------------------------------------------------------------------------------
+# Evaluation.
+# ------------------------------------------------------------------------------------------
+def feature_lengths_of(evaluator) -> dict[str, int]:
+  """`{'inputs': T, 'targets': L}` the Evaluator pads to (its model feature shapes)."""
+  shapes = evaluator.model_feature_shapes
+  return {'inputs': int(shapes['encoder_input_tokens'][0]),
+          'targets': int(shapes['decoder_target_tokens'][0])}
+
+
+def create_seqio_evaluator(mixture_or_task_name: str, *, split: str = 'validation',
+                           task_feature_lengths: Optional[Mapping[str, int]] = None,
+                           num_examples: Optional[int] = None, use_cached: bool = False,
+                           seed: int = 42, log_dir: Optional[str] = None):
+  """`seqio.Evaluator` over a registered mixture / task (registry imported if needed).
+
+  Args:
+    mixture_or_task_name: e.g. 'spt_heldout_score_eval'.
+    split: eval split ('validation': T0 evaluated on it; test labels are hidden).
+    task_feature_lengths: pad / truncate to these; None: the longest example of the mixture.
+    num_examples: first N examples of each task (before the `_score_eval` expansion, as
+      seqio counts task examples after preprocessing: N rows); None: all.
+    use_cached, seed: as `seqio.Evaluator`.
+    log_dir: where seqio's JSONLogger writes (created); None: no seqio logging.
+
+  Raises:
+    ValueError: unknown name (the message lists close registered names) or a mixture with no
+      task that has the split and metrics.
+  """
+  import seqio  # pylint: disable=g-import-not-at-top
+  from tasks import catalog  # pylint: disable=g-import-not-at-top
+  catalog.ensure_registered(mixture_or_task_name)
+  runner.get_mixture_or_task(mixture_or_task_name)
+  loggers = ()
+  if log_dir is not None and jax.process_index() == 0:
+    epath.Path(log_dir).mkdir(parents=True, exist_ok=True)
+    loggers = (seqio.JSONLogger,)
+  evaluator = seqio.Evaluator(
+      mixture_or_task_name=mixture_or_task_name,
+      feature_converter=seqio.EncDecFeatureConverter(pack=False), eval_split=split,
+      use_cached=use_cached, seed=seed,
+      sequence_length=dict(task_feature_lengths) if task_feature_lengths else None,
+      num_examples=num_examples, logger_cls=loggers, log_dir=log_dir if loggers else None)
+  if not evaluator.eval_tasks:
+    raise ValueError(
+        f'{mixture_or_task_name!r} has no task with a {split!r} split and metric functions; '
+        'check EVAL_SPLIT and that the mixture holds evaluation tasks (e.g. *_score_eval).')
+  return evaluator
+
+
+class Evaluation:
+  """A checkpoint-independent evaluation of one mixture: `run(params, step) -> metrics`.
+
+  Built once (the seqio Evaluator caches the tokenized eval sets and the jitted functions are
+  compiled on the first run); every `run` scores / decodes all tasks with the given
+  parameters, aggregates with `spt_jax.results` and writes the result files.
+
+  Attributes:
+    setup: the model on its mesh (`runner.ModelSetup`); params passed to `run` must have its
+      `param_shardings` structure.
+    evaluator: the `seqio.Evaluator`.
+    batch_size: global rows per model call (divisible by the mesh's data-parallel size).
+    task_feature_lengths: `{'inputs': T, 'targets': L}` of every batch.
+  """
+
+  def __init__(self, setup: runner.ModelSetup, mixture_or_task_name: str, *,
+               split: str = 'validation', batch_size: int = 32,
+               task_feature_lengths: Optional[Mapping[str, int]] = None,
+               num_examples: Optional[int] = None, use_cached: bool = False, seed: int = 42,
+               length_normalize: bool = False, decoding: str = 'greedy',
+               num_decodes: int = 4, alpha: float = 0.6, metric: str = 'accuracy',
+               output_dir: Optional[str] = None, per_step_subdir: bool = True,
+               title: Optional[str] = None, evaluator=None):
+    """See the class docstring.
+
+    Args:
+      setup: the model on its mesh.
+      mixture_or_task_name: registered seqio mixture or task.
+      split, num_examples, use_cached, seed: the eval data (`create_seqio_evaluator`).
+      batch_size: global batch size of the model calls.
+      task_feature_lengths: default: `setup.task_feature_lengths` (the training lengths).
+      length_normalize: rank by mean instead of summed target log-likelihood.
+      decoding, num_decodes, alpha: `EncoderDecoderModel.predict_batch` for generative tasks.
+      metric: the per-task metric aggregated over templates / datasets.
+      output_dir: where results go; None: nothing is written (metrics are still returned).
+      per_step_subdir: write each run to `<output_dir>/step_<step>` (periodic evaluation),
+        else to `output_dir` itself.
+      title: heading of results.md (default: mixture and step).
+      evaluator: an existing `seqio.Evaluator` for this mixture (its lengths then win).
+    """
+    self.setup = setup
+    self.mixture_or_task_name = mixture_or_task_name
+    self.batch_size = int(batch_size)
+    partitioning.host_local_batch_size(self.batch_size, setup.mesh)  # divisibility check
+    self.length_normalize = bool(length_normalize)
+    self.decoding, self.num_decodes, self.alpha = decoding, int(num_decodes), float(alpha)
+    self.metric = metric
+    self.output_dir = os.fspath(output_dir) if output_dir else None
+    self.per_step_subdir = per_step_subdir
+    self.title = title
+    if evaluator is None:
+      evaluator = create_seqio_evaluator(
+          mixture_or_task_name, split=split,
+          task_feature_lengths=task_feature_lengths or setup.task_feature_lengths,
+          num_examples=num_examples, use_cached=use_cached, seed=seed,
+          log_dir=(os.path.join(self.output_dir, SEQIO_LOG_SUBDIR) if self.output_dir
+                   else None))
+    self.evaluator = evaluator
+    self.task_feature_lengths = feature_lengths_of(evaluator)
+    self._task_by_dataset_id = {id(ds): name
+                                for name, ds in evaluator.cached_model_datasets.items()}
+    self._example_ids: dict[str, Optional[np.ndarray]] = {}
+    self._retrieval: dict[str, np.ndarray] = {}
+    model = setup.model
+    self.memory_size = model.network.prompt_config.memory_size if model.has_memory else 0
+
+    rep = partitioning.replicated(setup.mesh)
+    batch_sharding = partitioning.batch_sharding(setup.mesh)
+    length_normalize = self.length_normalize
+
+    def score(params, batch):
+      scores, retrieval = model.score_batch(params, batch, length_normalize=length_normalize,
+                                            return_retrieval=True)
+      return scores, retrieval.get('indices')
+
+    def predict(params, batch):
+      return model.predict_batch(params, batch, decoding=decoding, num_decodes=num_decodes,
+                                 alpha=alpha, max_decode_length=batch[
+                                     'decoder_input_tokens'].shape[1])
+
+    self._score = jax.jit(score, in_shardings=(setup.param_shardings, batch_sharding),
+                          out_shardings=rep)
+    self._predict = jax.jit(predict, in_shardings=(setup.param_shardings, batch_sharding),
+                            out_shardings=rep)
+
+  # ---------------------------------------------------------------------- model fns
+  def _model_batches(self, ds):
+    for idx, feats, n in batches_from_enumerated(ds, self.batch_size):
+      local = _process_rows(feats, self.batch_size, self.setup.mesh)
+      yield idx, partitioning.shard_batch(local, self.setup.mesh, self.batch_size), n
+
+  def score_fn(self, ds, params) -> list[tuple[int, float]]:
+    """seqio score_fn: `(index, log-likelihood)` per row; records retrieved slot ids."""
+    task = self._task_by_dataset_id.get(id(ds))
+    out, slots = [], []
+    with self.setup.activate():
+      for idx, batch, n in self._model_batches(ds):
+        scores, indices = self._score(params, batch)
+        scores = np.asarray(scores)[:n]
+        out.extend(zip(idx.tolist(), scores.tolist()))
+        if indices is not None:
+          slots.append(np.asarray(indices)[:n])
+    if task is not None and slots:
+      slots = np.concatenate(slots)
+      ids = self._example_ids_of(task)
+      if ids is not None and len(ids) == len(slots):
+        # One row per example (choices repeat the same inputs, hence the same retrieval).
+        _, first = np.unique(ids, return_index=True)
+        slots = slots[np.sort(first)]
+      self._retrieval[task] = slots
+    return out
+
+  def predict_fn(self, ds, params) -> list[tuple[int, list[int]]]:
+    """seqio predict_fn: `(index, token ids)` per row, decoded as configured."""
+    out = []
+    with self.setup.activate():
+      for idx, batch, n in self._model_batches(ds):
+        tokens = np.asarray(self._predict(params, batch))[:n]
+        out.extend((i, t.tolist()) for i, t in zip(idx.tolist(), tokens))
+    return out
+
+  def _example_ids_of(self, task: str) -> Optional[np.ndarray]:
+    if task not in self._example_ids:
+      self._example_ids[task] = _example_ids(self.evaluator.cached_task_datasets[task])
+    return self._example_ids[task]
+
+  # ---------------------------------------------------------------------- run
+  def results_dir(self, step: int) -> Optional[str]:
+    if self.output_dir is None:
+      return None
+    if self.per_step_subdir:
+      return os.path.join(self.output_dir, f'step_{int(step)}')
+    return self.output_dir
+
+  def run(self, params: Any, step: int = 0) -> dict[str, float]:
+    """Evaluates `params` on every task; writes the results; returns flat scalar metrics.
+
+    Returns:
+      `{'<task>/<metric>': v, ...}` for every task metric, plus for the aggregated metric
+      `'<dataset>/median'`, `'<dataset>/mean'`, `'<cluster>/cluster_median'`,
+      `'overall/median'`, `'overall/mean'` (and retrieval health with a memory bank).
+    """
+    from tasks import catalog  # pylint: disable=g-import-not-at-top
+    self._retrieval = {}
+    future, _ = self.evaluator.evaluate(
+        compute_metrics=True, step=int(step),
+        predict_fn=functools.partial(self.predict_fn, params=params),
+        score_fn=functools.partial(self.score_fn, params=params))
+    task_metrics = future.result()
+    flat = {}
+    for task, values in task_metrics.items():
+      for k, v in values.items():
+        try:
+          flat[f'{task}/{k}'] = results_lib._to_float(v)  # pylint: disable=protected-access
+        except (TypeError, ValueError):
+          continue
+    scored = {t: m for t, m in task_metrics.items() if self.metric in m}
+    if len(scored) < len(task_metrics):
+      logging.warning('Tasks without %r are left out of the aggregate: %s', self.metric,
+                      sorted(set(task_metrics) - set(scored)))
+    if not scored:
+      logging.warning('No task reports %r; nothing to aggregate (metrics: %s).', self.metric,
+                      sorted(flat))
+      self._write_raw(task_metrics, step)
+      return flat
+    infos = catalog.lookup(scored)
+    results = results_lib.aggregate(scored, infos, metric=self.metric)
+    results['mixture_or_task_name'] = self.mixture_or_task_name
+    results['step'] = int(step)
+    for name, d in results['datasets'].items():
+      flat[f'{name}/median'] = d['median']
+      flat[f'{name}/mean'] = d['mean']
+    for name, c in results['clusters'].items():
+      flat[f'{name}/cluster_median'] = c['median']
+    flat['overall/median'] = results['overall']['median']
+    flat['overall/mean'] = results['overall']['mean']
+
+    slot_indices = None
+    if self.memory_size and self._retrieval:
+      slot_indices = {}
+      for task, idx in sorted(self._retrieval.items()):
+        if task in infos:
+          slot_indices.setdefault(infos[task].dataset, []).append(idx)
+      slot_indices = {d: np.concatenate(v) for d, v in slot_indices.items()}
+      from spt_jax import retrieval_analysis  # pylint: disable=g-import-not-at-top
+      for d, idx in slot_indices.items():
+        for k, v in retrieval_analysis.health(idx, self.memory_size).items():
+          if np.ndim(v) == 0:
+            flat[f'{d}/retrieval_{k}'] = float(v)
+    out_dir = self.results_dir(step)
+    if out_dir is not None and jax.process_index() == 0:
+      title = self.title or f'{self.mixture_or_task_name} — step {int(step)}'
+      results_lib.write_results(results, out_dir, slot_indices=slot_indices,
+                                memory_size=self.memory_size or None, title=title)
+    logging.info('Eval step %d on %s: overall median %.4f, mean %.4f over %d datasets',
+                 int(step), self.mixture_or_task_name, results['overall']['median'],
+                 results['overall']['mean'], results['overall']['n_datasets'])
+    return flat
+
+  def _write_raw(self, task_metrics, step):
+    out_dir = self.results_dir(step)
+    if out_dir is None or jax.process_index() != 0:
+      return
+    path = epath.Path(out_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    raw = {t: results_lib._json_metrics(m) for t, m in task_metrics.items()}  # pylint: disable=protected-access
+    (path / 'task_metrics.json').write_text(json.dumps(raw, indent=2))
+
+
+def eval_hook_factory(mixture_or_task_name: str, model_dir: Optional[str] = None,
+                      **evaluation_kwargs) -> Callable[[runner.ModelSetup],
+                                                       Callable[[Any, int], dict[str, float]]]:
+  """`train.eval_hook_factory` for periodic evaluation during training.
+
+  Args:
+    mixture_or_task_name: the eval mixture (e.g. 'spt_sample_heldout_score_eval').
+    model_dir: the train run's MODEL_DIR; results go to `<model_dir>/eval/step_<N>`
+      (None: metrics are only returned to the trainer, which logs them as `eval/...`).
+    **evaluation_kwargs: further `Evaluation` arguments (split, batch_size, num_examples, ...).
+
+  Returns:
+    `factory(setup) -> Evaluation(setup, ...).run`.
+  """
+  def factory(setup: runner.ModelSetup) -> Callable[[Any, int], dict[str, float]]:
+    output_dir = os.path.join(os.fspath(model_dir), 'eval') if model_dir else None
+    evaluation = Evaluation(setup, mixture_or_task_name, output_dir=output_dir,
+                            per_step_subdir=True, **evaluation_kwargs)
+    return evaluation.run
+  return factory
+
+
+# ------------------------------------------------------------------------------------------
+# The entry point.
+# ------------------------------------------------------------------------------------------
+def evaluate(
+    *,
+    mixture_or_task_name: str,
+    checkpoint_path: str,
+    checkpoint_format: str = 'orbax',
+    checkpoint_step: Optional[int] = None,
+    output_dir: Optional[str] = None,
+    split: str = 'validation',
+    batch_size: int = 32,
+    task_feature_lengths: Optional[Mapping[str, int]] = None,
+    num_examples: Optional[int] = None,
+    model: Optional[models_lib.EncoderDecoderModel] = None,
+    num_partitions: int = 1,
+    mesh_shape: Optional[Sequence[int]] = None,
+    mesh: Optional[jax.sharding.Mesh] = None,
+    length_normalize: bool = False,
+    decoding: str = 'greedy',
+    num_decodes: int = 4,
+    alpha: float = 0.6,
+    metric: str = 'accuracy',
+    use_cached: bool = False,
+    seed: int = 42,
+    init_seed: int = 0,
+) -> dict[str, Any]:
+  """Evaluates one checkpoint on a mixture and writes the results (see the module docstring).
+
+  Args:
+    mixture_or_task_name: registered seqio mixture / task (its registry is imported if needed).
+    checkpoint_path, checkpoint_format, checkpoint_step: the checkpoint (`load_params`).
+    output_dir: results directory; default `<run>/eval/step_<N>` for an orbax run directory or
+      `<run>/eval/step_<N>` beside an orbax `checkpoints/<N>` directory; required otherwise.
+    split, batch_size, task_feature_lengths, num_examples, use_cached, seed: the eval data
+      (`Evaluation`); task_feature_lengths None means the longest example.
+    model: default `runner.create_model()` (gin-configured like training).
+    num_partitions, mesh_shape, mesh: the device mesh (`partitioning.create_mesh`).
+    length_normalize, decoding, num_decodes, alpha, metric: see `Evaluation`.
+    init_seed: initialises prompt / memory parameters absent from an 'hf' / 't5x' checkpoint.
+
+  Returns:
+    `{'metrics': flat metrics, 'output_dir': str, 'step': int}`.
+
+  Raises:
+    FileNotFoundError: no checkpoint at the path.
+    ValueError: unknown mixture / format, or no output directory for an 'hf' / 't5x' path.
+  """
+  from tasks import catalog  # pylint: disable=g-import-not-at-top
+  check_checkpoint(checkpoint_path, checkpoint_format)
+  catalog.ensure_registered(mixture_or_task_name)
+  runner.get_mixture_or_task(mixture_or_task_name)
+  checkpoint_path = os.fspath(checkpoint_path)
+
+  step = checkpoint_step
+  if checkpoint_format == 'orbax' and is_train_run(checkpoint_path):
+    steps = run_checkpoint_steps(checkpoint_path)
+    if step is None and steps:
+      step = steps[-1]
+    run_dir = checkpoint_path
+  else:
+    step = checkpoint_step_of(checkpoint_path) if step is None else step
+    parent = epath.Path(checkpoint_path).parent
+    run_dir = os.fspath(parent.parent) if (
+        checkpoint_format == 'orbax' and parent.name == 'checkpoints') else None
+  if output_dir is None:
+    if run_dir is None:
+      raise ValueError(
+          f'EVAL_OUTPUT_DIR is not set and {checkpoint_path!r} is not in an spt_jax run '
+          'directory; set --gin.EVAL_OUTPUT_DIR="\'/path/to/results\'".')
+    output_dir = os.path.join(run_dir, 'eval', f'step_{step if step is not None else 0}')
+  output_dir = os.fspath(output_dir)
+
+  if mesh is None:
+    mesh = partitioning.create_mesh(num_partitions=num_partitions, mesh_shape=mesh_shape)
+  model = model or runner.create_model()
+  evaluator = create_seqio_evaluator(
+      mixture_or_task_name, split=split, task_feature_lengths=task_feature_lengths,
+      num_examples=num_examples, use_cached=use_cached, seed=seed,
+      log_dir=os.path.join(output_dir, SEQIO_LOG_SUBDIR))
+  lengths = feature_lengths_of(evaluator)
+  logging.info('Evaluating %s (%s split) with feature lengths %s, batch %d on mesh %s',
+               mixture_or_task_name, split, lengths, batch_size, dict(mesh.shape))
+  setup = runner.ModelSetup.create(model, lengths, mesh=mesh)
+  params, loaded_step = load_params(setup, checkpoint_path, checkpoint_format,
+                                    step=checkpoint_step, seed=init_seed)
+  step = loaded_step if step is None else step
+  evaluation = Evaluation(setup, mixture_or_task_name, batch_size=batch_size,
+                          length_normalize=length_normalize, decoding=decoding,
+                          num_decodes=num_decodes, alpha=alpha, metric=metric,
+                          output_dir=output_dir, per_step_subdir=False, evaluator=evaluator)
+  metrics = evaluation.run(params, step)
+  evaluator.close()
+  logging.info('Results in %s', output_dir)
+  return {'metrics': metrics, 'output_dir': output_dir, 'step': int(step)}
+
+
+# ------------------------------------------------------------------------------------------
+# Gin registration and command line.
+# ------------------------------------------------------------------------------------------
+def _register_gin() -> None:
+  """Registers `evaluate.evaluate` and `evaluate.eval_hook_factory` with gin (once)."""
+  import gin  # pylint: disable=g-import-not-at-top
+  global evaluate_configurable, eval_hook_factory_configurable  # pylint: disable=global-statement
+  evaluate_configurable = gin.external_configurable(evaluate, name='evaluate',
+                                                    module='evaluate')
+  eval_hook_factory_configurable = gin.external_configurable(
+      eval_hook_factory, name='eval_hook_factory', module='evaluate')
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  import gin  # pylint: disable=g-import-not-at-top
+  runner.parse_gin(runner.GIN_FILE.value, runner.GIN_BINDINGS.value,
+                   runner.GIN_SEARCH_PATHS.value)
+  from spt_jax import gin_configurables  # pylint: disable=g-import-not-at-top
+  gin_configurables.initialize_distributed()
+  result = evaluate_configurable()
+  if jax.process_index() == 0:
+    out = epath.Path(result['output_dir'])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / 'config.gin').write_text(gin.operative_config_str())
+  logging.info('Done: step %d. Results: %s/results.md', result['step'], result['output_dir'])
+
+
+def run() -> None:
+  """Console entry point: rewrites `--gin.X=Y` flags, then `absl.app.run(main)`."""
+  app.run(main, argv=runner.rewrite_gin_args(sys.argv))
+
+
+# Registered only under the package name: `python -m spt_jax.evaluate` executes this file as
+# `__main__` and then imports `spt_jax.evaluate`, which must be the one registration.
+if __name__ == '__main__':
+  from spt_jax import evaluate as _evaluate  # pylint: disable=g-import-not-at-top,import-self
+  _evaluate.run()
+else:
+  _register_gin()

@@ -1,0 +1,276 @@
+"""Tests of spt_jax.evaluate: the seqio Evaluator's score_fn / predict_fn, results, errors.
+
+The unit tests use two tiny `_score_eval` tasks registered here (character vocabulary from
+seqio's test utils, the real `score_eval_expand` preprocessor and `rank_classification`
+metric) and a tiny SPT model on the 8 fake CPU devices. The end-to-end test (slow) trains the
+local SPT run for a few steps with the real trainer on the sample mixture and evaluates it.
+"""
+import functools
+import json
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+import seqio
+import tensorflow as tf
+
+from spt_jax import evaluate
+from spt_jax import metrics
+from spt_jax import network
+from spt_jax import partitioning
+from spt_jax import prompts
+from spt_jax import runner
+from tasks import preprocessors
+
+VOCAB = seqio.test_utils.sentencepiece_vocab()
+TASKS = ('evaltest_alpha_first_score_eval', 'evaltest_alpha_second_score_eval')
+MIXTURE = 'evaltest_mixture'
+LENGTHS = {'inputs': 24, 'targets': 8}
+
+_EXAMPLES = [
+    ('is the sky blue', 'yes', ('yes', 'no')),
+    ('is fire cold', 'no', ('yes', 'no')),
+    ('pick a fruit', 'apple', ('apple', 'stone', 'wood')),
+    ('one plus one', 'two', ('two', 'three')),
+    ('the cat says', 'meow', ('meow', 'woof', 'moo')),
+    ('water is', 'wet', ('wet', 'dry')),
+    ('snow is', 'white', ('black', 'white')),
+    ('birds can', 'fly', ('swim', 'fly', 'dig')),
+    ('ice is', 'cold', ('hot', 'cold')),
+    ('grass is', 'green', ('green', 'red')),
+    ('a dog says', 'woof', ('meow', 'woof')),
+]
+
+
+def _dataset_fn(split, shuffle_files, seed=None, *, offset):
+  del split, shuffle_files, seed
+  rows = _EXAMPLES[offset:] + _EXAMPLES[:offset]
+  return tf.data.Dataset.from_generator(
+      lambda: ({'inputs': i, 'targets': t, 'answer_choices': list(c)} for i, t, c in rows),
+      output_signature={'inputs': tf.TensorSpec([], tf.string),
+                        'targets': tf.TensorSpec([], tf.string),
+                        'answer_choices': tf.TensorSpec([None], tf.string)})
+
+
+def _register():
+  features = {'inputs': seqio.Feature(VOCAB, add_eos=False),
+              'targets': seqio.Feature(VOCAB, add_eos=True)}
+  for offset, name in enumerate(TASKS):
+    seqio.TaskRegistry.remove(name)
+    seqio.TaskRegistry.add(
+        name,
+        source=seqio.FunctionDataSource(functools.partial(_dataset_fn, offset=offset * 3),
+                                        splits=('validation',)),
+        preprocessors=[functools.partial(preprocessors.score_eval_expand, counter_name=name),
+                       seqio.preprocessors.tokenize, seqio.preprocessors.append_eos],
+        output_features=features,
+        postprocess_fn=metrics.rank_classification_postprocessor,
+        metric_fns=[metrics.rank_classification])
+  seqio.MixtureRegistry.remove(MIXTURE)
+  seqio.MixtureRegistry.add(MIXTURE, list(TASKS), default_rate=1.0)
+
+
+_register()
+
+
+def _model(memory_size=8):
+  config = network.T5Config(vocab_size=32, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=32,
+                            num_encoder_layers=1, num_decoder_layers=1)
+  prompt_config = prompts.PromptConfig(soft_prompt_length=2, memory_size=memory_size,
+                                       memory_length=2, top_k=2, init_vocab_size=32)
+  return runner.create_model(config, prompt_config)
+
+
+@pytest.fixture(scope='module')
+def setup_and_params():
+  mesh = partitioning.create_mesh(mesh_shape=(4, 2))
+  setup = runner.ModelSetup.create(_model(), LENGTHS, mesh=mesh)
+  return setup, setup.init_params(jax.random.PRNGKey(3))
+
+
+def _hand_rank_classification(evaluator, model, params, task):
+  """Scores every row with model.score_batch (one batch, no mesh) and ranks by hand."""
+  rows = [f for _, f in evaluator.cached_model_datasets[task].as_numpy_iterator()]
+  batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+  scores = np.asarray(model.score_batch(jax.device_get(params), batch))
+  examples = {}
+  for row, ex in enumerate(evaluator.cached_task_datasets[task].as_numpy_iterator()):
+    example, choice = (int(i) for i in ex['idx'])
+    examples.setdefault(example, []).append((choice, scores[row], bool(ex['is_correct'])))
+  correct = 0
+  for choices in examples.values():
+    choices.sort()
+    best = max(range(len(choices)), key=lambda j: (choices[j][1], -j))
+    correct += choices[best][2]
+  return 100.0 * correct / len(examples), scores, len(examples)
+
+
+def test_score_fn_through_seqio_matches_hand_rank_classification(setup_and_params, tmp_path):
+  setup, params = setup_and_params
+  # batch 8 with 3 rows per task left over: the last batch is padded.
+  ev = evaluate.Evaluation(setup, MIXTURE, batch_size=8, output_dir=str(tmp_path),
+                           per_step_subdir=True)
+  flat = ev.run(params, step=7)
+  assert ev.task_feature_lengths == LENGTHS
+  for task in TASKS:
+    expected, scores, n_examples = _hand_rank_classification(ev.evaluator, setup.model,
+                                                             params, task)
+    assert flat[f'{task}/accuracy'] == pytest.approx(expected, abs=1e-9)
+    got = dict(ev.score_fn(ev.evaluator.cached_model_datasets[task], params))
+    np.testing.assert_allclose([got[i] for i in range(len(scores))], scores, rtol=1e-5,
+                               atol=1e-5)
+    # Retrieval was recorded once per example (not per answer choice), k slots each.
+    assert ev._retrieval[task].shape == (n_examples, 2)
+    assert ev._retrieval[task].min() >= 0 and ev._retrieval[task].max() < 8
+  out = tmp_path / 'step_7'
+  for name in ('results.json', 'results.csv', 'results.md', 'accuracy_per_dataset.png',
+               'memory_slot_usage.png'):
+    assert (out / name).is_file(), name
+  results = json.loads((out / 'results.json').read_text())
+  assert results['step'] == 7 and results['mixture_or_task_name'] == MIXTURE
+  assert sorted(t['task'] for t in results['templates']) == sorted(TASKS)
+  assert set(results['retrieval']) == set(results['datasets'])
+  assert flat['overall/mean'] == pytest.approx(
+      np.mean([flat[f'{t}/accuracy'] for t in TASKS]))
+
+
+def test_batches_pad_last_batch_with_real_rows():
+  ds = tf.data.Dataset.from_tensor_slices(
+      {'encoder_input_tokens': np.arange(1, 11, dtype=np.int32).reshape(5, 2)}).enumerate()
+  out = list(evaluate.batches_from_enumerated(ds, 4))
+  assert [n for _, _, n in out] == [4, 1]
+  idx, feats, _ = out[1]
+  assert idx.tolist() == [4]
+  np.testing.assert_array_equal(feats['encoder_input_tokens'], [[9, 10]] * 4)
+
+
+def test_predict_fn_returns_token_ids_per_row(setup_and_params):
+  setup, params = setup_and_params
+  ev = evaluate.Evaluation(setup, TASKS[0], batch_size=8)
+  ds = ev.evaluator.cached_model_datasets[TASKS[0]]
+  got = ev.predict_fn(ds, params)
+  n = sum(1 for _ in ds)
+  assert sorted(i for i, _ in got) == list(range(n))
+  assert all(len(t) == LENGTHS['targets'] for _, t in got)
+  # Same as greedy decoding by hand on the first rows.
+  rows = [f for _, f in ds.take(8).as_numpy_iterator()]
+  batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+  tokens = np.asarray(setup.model.predict_batch(jax.device_get(params), batch))
+  np.testing.assert_array_equal(tokens, np.asarray([t for _, t in sorted(got)[:8]]))
+
+
+def test_unknown_mixture_error_names_close_matches(tmp_path):
+  ckpt = tmp_path / 'ckpt'
+  ckpt.mkdir()
+  with pytest.raises(ValueError, match=r"Unknown task or mixture 'evaltest_mixtur'.*"
+                                       r"evaltest_mixture"):
+    evaluate.evaluate(mixture_or_task_name='evaltest_mixtur', checkpoint_path=str(ckpt),
+                      model=_model())
+
+
+def test_missing_checkpoint_error(tmp_path):
+  with pytest.raises(FileNotFoundError, match='CHECKPOINT_PATH=.*does not exist'):
+    evaluate.evaluate(mixture_or_task_name=MIXTURE, checkpoint_path=str(tmp_path / 'nope'),
+                      model=_model())
+  with pytest.raises(ValueError, match="CHECKPOINT_FORMAT='pt'"):
+    evaluate.evaluate(mixture_or_task_name=MIXTURE, checkpoint_path=str(tmp_path),
+                      checkpoint_format='pt', model=_model())
+
+
+def test_run_dir_without_checkpoints_error(tmp_path, setup_and_params):
+  setup, _ = setup_and_params
+  (tmp_path / 'checkpoints').mkdir()
+  with pytest.raises(FileNotFoundError, match='holds no step directory'):
+    evaluate.load_params(setup, str(tmp_path))
+
+
+def test_orbax_step_dir_round_trip(tmp_path, setup_and_params):
+  """A params tree saved by orbax (a step directory) evaluates like the original params."""
+  import orbax.checkpoint as ocp
+  setup, params = setup_and_params
+  path = tmp_path / 'checkpoints' / '12'
+  ocp.PyTreeCheckpointer().save(path, {'params': jax.device_get(params)})
+  restored, step = evaluate.load_params(setup, str(path))
+  assert step == 12
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), jax.device_get(params))
+  result = evaluate.evaluate(mixture_or_task_name=TASKS[0], checkpoint_path=str(path),
+                             model=setup.model, mesh=setup.mesh, batch_size=8,
+                             task_feature_lengths=LENGTHS)
+  assert result['step'] == 12
+  assert result['output_dir'] == str(tmp_path / 'eval' / 'step_12')
+  assert (tmp_path / 'eval' / 'step_12' / 'results.md').is_file()
+
+
+# ------------------------------------------------------------------------------------------
+# End to end: train the local SPT run for a few steps, evaluate, compare.
+# ------------------------------------------------------------------------------------------
+def _sample_or_skip():
+  from tasks import sample  # pylint: disable=g-import-not-at-top
+  if not sample.VOCAB_MODEL.is_file():
+    pytest.skip(f'sample vocabulary {sample.VOCAB_MODEL} not generated yet '
+                '(python -m tasks.sample --write_vocab)')
+  return sample
+
+
+def _sample_model(sample, memory_size):
+  vocab = int(sample.SAMPLE_VOCABULARY.vocab_size)
+  config = network.T5Config(vocab_size=-(-vocab // 64) * 64, emb_dim=32, num_heads=2,
+                            head_dim=16, mlp_dim=64, num_encoder_layers=1,
+                            num_decoder_layers=1)
+  prompt_config = prompts.PromptConfig(soft_prompt_length=4, memory_size=memory_size,
+                                       memory_length=2, top_k=2, init_vocab_size=vocab)
+  return runner.create_model(config, prompt_config)
+
+
+@pytest.mark.slow
+def test_end_to_end_train_evaluate_compare(tmp_path):
+  sample = _sample_or_skip()
+  from spt_jax import compare  # pylint: disable=g-import-not-at-top
+  from spt_jax import train  # pylint: disable=g-import-not-at-top
+  lengths = dict(sample.FEATURE_LENGTHS)
+  eval_dirs = []
+  for name, memory_size in (('spt', 16), ('pt', 0)):
+    model_dir = tmp_path / name
+    model = _sample_model(sample, memory_size)
+    hook = evaluate.eval_hook_factory(sample.HELDOUT_SCORE_EVAL_MIXTURE, model_dir=str(model_dir),
+                                      batch_size=16, num_examples=6)
+    result = train.train(model_dir=str(model_dir),
+                         mixture_or_task_name=sample.TRAIN_MIXTURE,
+                         task_feature_lengths=lengths, train_steps=3, batch_size=8,
+                         model=model, trainable='prompts_only' if memory_size else 'full',
+                         save_every_steps=3, log_every_steps=1, async_checkpointing=False,
+                         eval_hook_factory=hook if name == 'spt' else None)
+    assert result['step'] == 3
+    # The periodic (final-step) evaluation went through the trainer's hook.
+    if name == 'spt':
+      assert (model_dir / 'eval' / 'step_3' / 'results.json').is_file()
+      logged = [json.loads(l) for l in (model_dir / 'metrics.jsonl').read_text().splitlines()]
+      assert any('eval/overall/median' in r for r in logged)
+    out = evaluate.evaluate(mixture_or_task_name=sample.HELDOUT_SCORE_EVAL_MIXTURE,
+                            checkpoint_path=str(model_dir), model=model, batch_size=16,
+                            num_examples=6, task_feature_lengths=lengths)
+    eval_dir = pathlib.Path(out['output_dir'])
+    assert eval_dir == model_dir / 'eval' / 'step_3'
+    results = json.loads((eval_dir / 'results.json').read_text())
+    heldout = {d.dataset + (f'/{d.subset}' if d.subset else '')
+               for d in sample.DATASETS if d.heldout}
+    assert set(results['datasets']) == heldout
+    for d in results['datasets'].values():
+      assert d['n_templates'] >= 1 and 0.0 <= d['min'] <= d['median'] <= d['max'] <= 100.0
+    assert set(results['clusters']) == {d.cluster for d in sample.DATASETS if d.heldout}
+    md = (eval_dir / 'results.md').read_text()
+    assert '| Cluster | Dataset | Median | Mean | Min | Max | n |' in md
+    assert all(f'| {d} |' in md for d in heldout)
+    csv_levels = {line.split(',')[0] for line in
+                  (eval_dir / 'results.csv').read_text().splitlines()[1:]}
+    assert csv_levels == {'template', 'dataset', 'cluster', 'overall'}
+    assert (eval_dir / 'accuracy_per_dataset.png').stat().st_size > 1000
+    assert (eval_dir / 'memory_slot_usage.png').is_file() == bool(memory_size)
+    eval_dirs.append(model_dir)
+  cmp_dir = tmp_path / 'comparison'
+  assert compare.main([str(d) for d in eval_dirs] + ['--output_dir', str(cmp_dir),
+                                                       '--names', 'spt,pt']) == 0
+  table = (cmp_dir / 'comparison.md').read_text()
+  assert 'spt' in table and 'pt' in table
+  assert (cmp_dir / 'comparison.csv').is_file()
