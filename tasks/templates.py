@@ -150,6 +150,7 @@ def task_name(dataset: str, subset: Optional[str], template_name: str,
   return prefix + _TASK_NAME_INVALID.sub('_', full)
 
 
+@functools.lru_cache(maxsize=None)
 def _import_promptsource_templates():
   """Imports `promptsource.templates`, with an actionable error if missing."""
   try:
@@ -281,6 +282,51 @@ def _seeded(seed: int, fn, *args):
     random.setstate(state)
 
 
+@functools.lru_cache(maxsize=4096)
+def _compile_cached(jinja: str):
+  return _import_promptsource_templates().env.from_string(jinja)
+
+
+def _compile(jinja: str):
+  """promptsource's jinja environment compiling `jinja`.
+
+  Compiling is most of the cost of `Template.apply` (which recompiles on every
+  call), so it is cached, except for templates that draw random numbers: jinja
+  folds `[...] | choice` on a constant list at compile time, so those must be
+  compiled per example (under the example's seed) to vary as in promptsource.
+  """
+  if 'choice' in jinja or 'random' in jinja:
+    return _import_promptsource_templates().env.from_string(jinja)
+  return _compile_cached(jinja)
+
+
+def _answer_choices(template, example):
+  """`Template.get_answer_choices_list` with a cached compiled template."""
+  jinja = template.get_answer_choices_expr()
+  if jinja is None:
+    return None
+  rendered = _compile(jinja).render(**template._escape_pipe(example))  # pylint: disable=protected-access
+  return [template._unescape_pipe(c.strip()) for c in rendered.split(SEPARATOR)]  # pylint: disable=protected-access
+
+
+def _apply(template, example):
+  """`Template.apply(example)` (truncate=True) with cached compiled templates.
+
+  Same steps as promptsource 0.2.3: each `}}` gets `| string | truncate(N)`,
+  '|||' inside field values is protected, `answer_choices` is added, the output
+  is split at '|||' and each part stripped. `test_templates.py` checks equality
+  with `Template.apply`.
+  """
+  ps = _import_promptsource_templates()
+  jinja = template.jinja.replace('}}', f' | string | truncate({ps.TEXT_VAR_LENGTH}) }}}}')
+  protected = template._escape_pipe(example)  # pylint: disable=protected-access
+  if 'answer_choices' in protected:
+    raise ValueError("Example contains the restricted key 'answer_choices'.")
+  protected['answer_choices'] = _answer_choices(template, example)
+  rendered = _compile(jinja).render(**protected)
+  return [template._unescape_pipe(part).strip() for part in rendered.split(SEPARATOR)]  # pylint: disable=protected-access
+
+
 def render(template, example: Mapping[str, Any], seed: Optional[int] = None) -> Rendered:
   """Renders one example (HF `datasets` schema, Python values) through a template.
 
@@ -304,8 +350,8 @@ def render(template, example: Mapping[str, Any], seed: Optional[int] = None) -> 
   if seed is None:
     seed = example_seed(template, example)
   try:
-    parts = _seeded(seed, template.apply, example)
-    choices = _seeded(seed, template.get_answer_choices_list, example)
+    parts = _seeded(seed, _apply, template, example)
+    choices = _seeded(seed, _answer_choices, template, example)
   except Exception as e:  # pylint: disable=broad-except  # jinja raises many types.
     raise TemplateError(
         f'template {template.get_name()!r} failed to render: {type(e).__name__}: {e}') from e
