@@ -283,6 +283,46 @@ def _scores(query: Array, keys: Array, similarity: str) -> Array:
   return jnp.einsum('bd,md->bm', query, keys, preferred_element_type=jnp.float32)
 
 
+# Chunk width of the exact top-k below; rows of M >= _TOP_K_MIN_CHUNKS * k * chunk
+# scores use it, others a single lax.top_k.
+_TOP_K_CHUNK = 64
+_TOP_K_MIN_CHUNKS = 4
+
+
+def _total_order_key(x: Array) -> Array:
+  """int32 keys ordered like the comparator of XLA's TopK (−0 < +0, NaN on top)."""
+  bits = lax.bitcast_convert_type(x, jnp.int32)
+  return jnp.where(bits < 0, bits ^ jnp.int32(0x7fffffff), bits)
+
+
+def top_k_rows(scores: Array, k: int) -> tuple[Array, Array]:
+  """Exactly `lax.top_k(scores, k)` for [B, M] float32 scores, faster for large M.
+
+  XLA's CPU TopK costs several ns per element; a max-reduction is ~10x cheaper.
+  So the row is cut into chunks of `_TOP_K_CHUNK`, the k chunks with the largest
+  maxima are chosen (in the same total order, lower chunk first among equal
+  maxima), and top_k runs over their k·chunk scores in ascending index order.
+  This is exact, ties included: an element outside the chosen chunks is preceded,
+  in (score desc, index asc) order, by the maxima of k chosen chunks.
+
+  Returns:
+    (values [B, k], indices [B, k] int32), as `lax.top_k`.
+  """
+  batch, num = scores.shape
+  chunk = _TOP_K_CHUNK
+  if num % chunk or num < _TOP_K_MIN_CHUNKS * k * chunk:
+    return lax.top_k(scores, k)
+  blocks = scores.reshape(batch, num // chunk, chunk)
+  block_max = jnp.max(_total_order_key(blocks), axis=2)           # [B, M/c] int32
+  _, block_ids = lax.top_k(block_max, k)
+  block_ids = jnp.sort(block_ids, axis=1)                         # [B, k] ascending
+  candidates = jnp.take_along_axis(blocks, block_ids[:, :, None], axis=1)
+  values, pos = lax.top_k(candidates.reshape(batch, k * chunk), k)
+  ids = (block_ids[:, :, None] * chunk
+         + jnp.arange(chunk, dtype=block_ids.dtype)).reshape(batch, k * chunk)
+  return values, jnp.take_along_axis(ids, pos, axis=1)
+
+
 def _mesh_axes_of(logical_name: str) -> tuple[str, ...] | None:
   """Mesh axes (of size > 1 together) a logical axis maps to now, or None."""
   mesh = jax.sharding.get_abstract_mesh()
@@ -353,7 +393,7 @@ def _sharded_top_k(query: Array, keys: Array, k: int, similarity: str,
   def local(q, keys_local):
     rows = keys_local.shape[0]
     local_k = min(k, rows)
-    scores, idx = lax.top_k(_scores(q, keys_local, similarity), local_k)
+    scores, idx = top_k_rows(_scores(q, keys_local, similarity), local_k)
     idx = idx + lax.axis_index(axes) * rows
     # [B, P * local_k], ordered by shard then local rank: among equal scores the
     # lower global index comes first, so the second top_k breaks ties as the
@@ -398,7 +438,7 @@ def retrieve_top_k(query: Array, keys: Array, k: int,
   keys = lax.stop_gradient(keys.astype(jnp.float32))
   axes = memory_mesh_axes(num_rows)
   if axes is None:
-    scores, indices = lax.top_k(_scores(query, keys, similarity), k)
+    scores, indices = top_k_rows(_scores(query, keys, similarity), k)
   else:
     scores, indices = _sharded_top_k(query, keys, k, similarity, axes)
   return scores, indices.astype(jnp.int32)

@@ -114,6 +114,33 @@ def test_retrieve_top_k_ties_break_by_lower_index(similarity):
     assert list(np.asarray(idx[0])[:4]) == [5, 9, 17, 30]
 
 
+@pytest.mark.parametrize('num,k', [(4096, 4), (2048, 8), (256, 1), (300, 3)])
+def test_top_k_rows_equals_lax_top_k_exactly(num, k):
+  rng = np.random.RandomState(num + k)
+  scores = rng.randn(6, num).astype(np.float32)
+  scores[1] = np.round(scores[1])          # massive ties
+  scores[2] = 0.
+  scores[2, rng.rand(num) < 0.5] = -0.     # -0 sorts below +0 in XLA's TopK
+  scores[3, [7, 900 % num, num - 1]] = np.inf
+  scores[4, [5, 77]] = np.nan
+  scores[5] = scores[5, 0]                 # all equal
+  got = jax.jit(prompts.top_k_rows, static_argnums=1)(scores, k)
+  want = jax.jit(jax.lax.top_k, static_argnums=1)(scores, k)
+  np.testing.assert_array_equal(got[1], want[1])
+  np.testing.assert_array_equal(got[0], want[0])
+  _, idx = _np_retrieve(scores[:2], np.eye(num, dtype=np.float32), k, 'dot')
+  np.testing.assert_array_equal(got[1][:2], idx)
+
+
+def test_retrieve_top_k_large_memory_matches_numpy():
+  keys = jax.random.normal(jax.random.key(0), (4096, D))
+  query = jax.random.normal(jax.random.key(1), (5, D))
+  scores, idx = jax.jit(prompts.retrieve_top_k, static_argnums=(2, 3))(query, keys, 4, 'cosine')
+  want_scores, want_idx = _np_retrieve(query, keys, 4, 'cosine')
+  np.testing.assert_array_equal(idx, want_idx)
+  np.testing.assert_allclose(scores, want_scores, atol=1e-6)
+
+
 def _grads(cfg, batch=6, seed=0):
   module, variables, emb, mask, table = _bank(cfg, batch, seed)
   cot = jax.random.normal(jax.random.key(99), (batch, cfg.top_k * cfg.memory_length, D))
