@@ -70,10 +70,11 @@ def _registered(name: str) -> bool:
 def ensure_registered(mixture_or_task_name: str) -> bool:
   """Imports the registry module(s) that may define `mixture_or_task_name`.
 
-  Modules chosen by the name's prefix (`spt_sample_…` → tasks.sample, `spt_heldout…` →
-  tasks.heldout, ...) are imported first; if the name is still unknown, every registry module
-  is imported in turn until it is found. A module that fails to import is logged and skipped
-  (the caller's "unknown task" error then lists close names).
+  A name with a known prefix (`spt_sample_…`, `sample_…` → tasks.sample, `spt_heldout…` →
+  tasks.heldout, ...) imports that module only; any other name (a bare T0 task name, say)
+  imports every registry module in turn until it is found (importing tasks.t0 registers every
+  T0 task: tens of seconds). A module that fails to import is logged and skipped (the
+  caller's "unknown task" error then lists close names).
 
   Returns:
     Whether the name is registered afterwards.
@@ -81,7 +82,7 @@ def ensure_registered(mixture_or_task_name: str) -> bool:
   if _registered(mixture_or_task_name):
     return True
   first = [m for p, m in _REGISTRY_BY_PREFIX if mixture_or_task_name.startswith(p)]
-  for module in dict.fromkeys(first + list(_ALL_REGISTRIES)):
+  for module in dict.fromkeys(first or _ALL_REGISTRIES):
     if module in sys.modules:
       continue
     try:

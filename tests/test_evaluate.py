@@ -106,6 +106,7 @@ def _hand_rank_classification(evaluator, model, params, task):
   return 100.0 * correct / len(examples), scores, len(examples)
 
 
+@pytest.mark.slow  # compiles the tiny model (> 20 s on the shared 2-core machine)
 def test_score_fn_through_seqio_matches_hand_rank_classification(setup_and_params, tmp_path):
   setup, params = setup_and_params
   # batch 8 with 3 rows per task left over: the last batch is padded.
@@ -145,6 +146,7 @@ def test_batches_pad_last_batch_with_real_rows():
   np.testing.assert_array_equal(feats['encoder_input_tokens'], [[9, 10]] * 4)
 
 
+@pytest.mark.slow  # compiles the tiny model (> 20 s on the shared 2-core machine)
 def test_predict_fn_returns_token_ids_per_row(setup_and_params):
   setup, params = setup_and_params
   ev = evaluate.Evaluation(setup, TASKS[0], batch_size=8)
@@ -185,6 +187,7 @@ def test_run_dir_without_checkpoints_error(tmp_path, setup_and_params):
     evaluate.load_params(setup, str(tmp_path))
 
 
+@pytest.mark.slow  # compiles the tiny model (> 20 s on the shared 2-core machine)
 def test_orbax_step_dir_round_trip(tmp_path, setup_and_params):
   """A params tree saved by orbax (a step directory) evaluates like the original params."""
   import orbax.checkpoint as ocp
