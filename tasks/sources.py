@@ -436,6 +436,8 @@ def hf_dataset_fn(split: str, shuffle_files: bool = False, seed: Optional[int] =
   """
   del shuffle_files, seed
   hf_split = splits[split]
+  if (hf_name, hf_subset, hf_split) not in _HF_INJECTED:
+    _import_hf_datasets()  # fail here, with the fix, not later inside tf.data
 
   def gen():
     for ex in _hf_examples(hf_name, hf_subset, hf_split):

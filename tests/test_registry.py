@@ -653,6 +653,17 @@ def test_train_datasets_include_exclude_and_close_matches():
   assert {mixture.get_rate(t) for t in mixture.tasks} == {25000.0}
 
 
+def test_gin_include_list_with_unknown_dataset_names_close_matches():
+  import gin  # pylint: disable=g-import-not-at-top
+  with gin.unlock_config():
+    gin.parse_config("tasks.t0.train_datasets.include = ['cosmos_qa', 'socail_i_qa']")
+  try:
+    with pytest.raises(ValueError, match=r"Unknown dataset 'socail_i_qa'.*social_i_qa"):
+      t0.t0_train_mixture(name='spt_t0_train_gin_test')
+  finally:
+    gin.clear_config()
+
+
 def test_heldout_mixtures_hold_original_task_score_eval_tasks():
   everything = seqio.get_mixture_or_task('spt_heldout_score_eval')
   assert len(everything.tasks) == sum(len(heldout.scored_tasks(SPECS[k])) for k in HELDOUT)
@@ -741,8 +752,8 @@ def test_hf_source_without_datasets_says_pip_install(monkeypatch):
   monkeypatch.setattr(builtins, '__import__', no_datasets)
   with pytest.raises(ImportError, match=r'pip install datasets.*network'):
     sources._import_hf_datasets()  # pylint: disable=protected-access
-  # and through a task (the error surfaces from tf.data's generator)
-  with pytest.raises(Exception, match='pip install datasets'):
+  # and through a task, when its dataset is requested
+  with pytest.raises(ImportError, match='pip install datasets'):
     _get('cosmos_qa_context_answer_to_question', 'validation')
 
 
