@@ -155,8 +155,10 @@ eval_cmd() {
   local cmd=("$python" -m spt_jax.evaluate "${gin_args[@]}")
   # runs/eval.gin holds evaluation defaults when the project provides it.
   if [[ -f gin/runs/eval.gin ]]; then cmd+=("--gin_file=runs/eval.gin"); fi
-  cmd+=("--gin.CHECKPOINT_PATH='$ckpt'" "--gin.EVAL_MIXTURE='$eval_mixture'"
-        "--gin.EVAL_OUTPUT_DIR='$eval_dir'" "${gin_bindings[@]}")
+  # MODEL_DIR too: the training gin files (runs/train.gin via runs/local.gin) require it.
+  cmd+=("--gin.MODEL_DIR='$model_dir'" "--gin.CHECKPOINT_PATH='$ckpt'"
+        "--gin.EVAL_MIXTURE='$eval_mixture'" "--gin.EVAL_OUTPUT_DIR='$eval_dir'"
+        "${gin_bindings[@]}")
   run_cmd "${cmd[@]}"
 }
 

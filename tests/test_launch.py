@@ -100,6 +100,7 @@ def test_local_dry_run_default_is_spt_local_run():
   evaluate = cmds[2]
   assert evaluate.startswith('.venv/bin/python -m spt_jax.evaluate --gin_file=methods/spt.gin '
                              '--gin_file=runs/local.gin --gin_search_paths=gin')
+  assert '"--gin.MODEL_DIR=\'runs/local_spt\'"' in evaluate
   assert '"--gin.CHECKPOINT_PATH=\'runs/local_spt/checkpoints/<final step>\'"' in evaluate
   assert '"--gin.EVAL_MIXTURE=\'spt_sample_heldout_score_eval\'"' in evaluate
   assert '"--gin.EVAL_OUTPUT_DIR=\'runs/local_spt/eval\'"' in evaluate
@@ -595,6 +596,16 @@ def test_t5x_bindings_of_our_configurables_name_real_fields():
       theirs = {a: v for (_, s, a), v in bindings_of(models_gin).items()
                 if s.endswith('T5Config') and a in own}
       assert {a: own[a] for a in theirs} == theirs, models_gin
+
+
+def test_t5x_prompt_config_matches_spt_method_file():
+  spt_gin = ROOT / 'gin' / 'methods' / 'spt.gin'
+  if not spt_gin.is_file():
+    pytest.skip('gin/methods/spt.gin not present')
+  ours = {a: v for (_, s, a), v in bindings_of(T5X_DIR / 'spt_model.gin').items()
+          if s == 'prompts.PromptConfig'}
+  theirs = {a: v for (_, s, a), v in bindings_of(spt_gin).items() if s == 'prompts.PromptConfig'}
+  assert ours == theirs
 
 
 def test_t5x_run_settings_never_pack_and_spare_prompts_on_restore():
