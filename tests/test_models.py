@@ -15,7 +15,7 @@ from spt_jax import network
 from spt_jax import prompts
 
 TINY = network.T5Config(vocab_size=32, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=32,
-                        num_encoder_layers=2, num_decoder_layers=2)
+                        num_encoder_layers=1, num_decoder_layers=1)
 SPT = prompts.PromptConfig(soft_prompt_length=3, memory_size=8, memory_length=2, top_k=2,
                            init_vocab_size=32)
 EOS = 1
@@ -177,3 +177,184 @@ def test_eval_fn_is_loss_without_dropout(plain):
   m = jax.jit(model.eval_fn)(params, batch)
   loss, _ = jax.jit(model.loss_fn)(params, batch, None)
   np.testing.assert_allclose(float(m['loss']), float(loss), rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------- scoring
+def test_score_batch_matches_pytorch_t5(tmp_path):
+  """Rank-classification rows with padding; prompts off; weights from transformers' T5."""
+  torch = pytest.importorskip('torch')
+  transformers = pytest.importorskip('transformers')
+  from spt_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  hf_cfg = transformers.T5Config(
+      vocab_size=40, d_model=16, d_kv=8, d_ff=32, num_layers=2, num_decoder_layers=2,
+      num_heads=2, feed_forward_proj='gated-gelu', tie_word_embeddings=False,
+      relative_attention_num_buckets=32, relative_attention_max_distance=128,
+      dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+  hf = transformers.T5ForConditionalGeneration(hf_cfg).eval()
+  hf.save_pretrained(tmp_path)
+  cfg, params = checkpoints.load_hf_t5(tmp_path)
+  net = network.Transformer(cfg)
+  params = jax.tree_util.tree_map(jnp.asarray, params)
+  # One example, three answer choices of different lengths (T5's rank-classification rows),
+  # plus a second example with a shorter input.
+  batch = _make_batch(
+      inputs=[[5, 6, 7, 8, EOS]] * 3 + [[9, 10, EOS]],
+      targets=[[3, EOS], [20, 21, 22, EOS], [17, 18, 19, 30, EOS], [4, 4, EOS]],
+      enc_len=8, dec_len=6)
+  model = models.EncoderDecoderModel(net)
+  scores = np.asarray(jax.jit(model.score_batch)(params, batch))
+  normed = np.asarray(jax.jit(functools.partial(model.score_batch, length_normalize=True))(
+      params, batch))
+
+  enc = torch.tensor(np.asarray(batch['encoder_input_tokens']), dtype=torch.long)
+  tgt = np.asarray(batch['decoder_target_tokens'])
+  labels = torch.tensor(np.where(tgt > 0, tgt, -100), dtype=torch.long)
+  with torch.no_grad():
+    out = hf(input_ids=enc, attention_mask=(enc > 0).long(), labels=labels)
+  logp = torch.log_softmax(out.logits.double(), -1).numpy()
+  tok = np.take_along_axis(logp, tgt[..., None], -1)[..., 0] * (tgt > 0)
+  ref = tok.sum(-1)
+  np.testing.assert_allclose(scores, ref, atol=1e-4, rtol=0)
+  np.testing.assert_allclose(normed, ref / (tgt > 0).sum(-1), atol=1e-4, rtol=0)
+  assert np.ptp(ref) > 0.1, 'choices should get clearly different scores'
+
+
+def test_score_batch_with_spt_returns_retrieval(spt):
+  net, params, batch = spt
+  model = models.EncoderDecoderModel(net)
+  scores, retrieval = jax.jit(functools.partial(model.score_batch, return_retrieval=True))(
+      params, batch)
+  assert scores.shape == (3,) and np.all(np.asarray(scores) < 0)
+  assert retrieval['indices'].shape == (3, SPT.top_k)
+  # Consistent with the training loss: the loss's CE is the negated sum of the scores.
+  loss, m = jax.jit(models.EncoderDecoderModel(net, z_loss=0.0).loss_fn)(params, batch, None)
+  np.testing.assert_allclose(float(m['cross_ent_loss']), -float(np.sum(scores)), rtol=1e-5)
+  np.testing.assert_array_equal(np.asarray(m['retrieval_indices']),
+                                np.asarray(retrieval['indices']))
+
+
+# ------------------------------------------------------------------------------- prediction
+def _stepwise_greedy(net, params, enc_tokens, length, eos_id=EOS):
+  """Greedy decoding by a full forward pass (no cache) for every new token."""
+  apply = jax.jit(functools.partial(net.apply, enable_dropout=False))
+  b = enc_tokens.shape[0]
+  out = np.zeros((b, length), np.int32)
+  done = np.zeros(b, bool)
+  for t in range(length):
+    dec_in = np.zeros((b, length), np.int32)
+    dec_in[:, 1:] = out[:, :-1]
+    logits = apply({'params': params}, enc_tokens, jnp.asarray(dec_in),
+                   jnp.ones((b, length), jnp.int32))
+    nxt = np.asarray(jnp.argmax(logits[:, t], -1))
+    out[:, t] = np.where(done, 0, nxt)
+    done |= nxt == eos_id
+  return out
+
+
+def _teacher_forced_loglik(net, params, enc_tokens, seqs):
+  """Sum of log p(token) over each decoded row up to and incl. EOS, by one full forward
+  pass without cache. Targets are all-valid for the masks (a tiny random model may emit
+  pad id 0 mid-sequence, which decoding treats as an ordinary token)."""
+  seqs = np.asarray(seqs)
+  dec_in = np.zeros_like(seqs)
+  dec_in[:, 1:] = seqs[:, :-1]
+  logits = jax.jit(functools.partial(net.apply, enable_dropout=False))(
+      {'params': params}, jnp.asarray(enc_tokens), jnp.asarray(dec_in),
+      jnp.ones_like(jnp.asarray(seqs)))
+  logp = _np_log_softmax(np.asarray(logits))
+  tok = np.take_along_axis(logp, seqs[..., None], -1)[..., 0]
+  ended_before = np.cumsum(seqs == EOS, axis=1) - (seqs == EOS)
+  weights = ended_before == 0
+  return (tok * weights).sum(-1), weights.sum(-1)
+
+
+def _eos_friendly(params, bias=2.5):
+  """Raises the EOS logit a little so random tiny models stop within a few steps."""
+  params = jax.tree_util.tree_map(lambda x: x, params)
+  kernel = params['decoder']['logits_dense']['kernel']
+  params['decoder']['logits_dense']['kernel'] = kernel.at[:, EOS].multiply(bias)
+  return params
+
+
+@pytest.mark.parametrize('which', ['plain', 'spt'])
+def test_greedy_with_cache_equals_stepwise_argmax(which, plain, spt):
+  net, params, batch = {'plain': plain, 'spt': spt}[which]
+  model = models.EncoderDecoderModel(net, eos_id=EOS)
+  length = 6
+  fn = jax.jit(functools.partial(model.predict_batch, decoding='greedy',
+                                 max_decode_length=length, return_scores=True))
+  tokens, scores = fn(params, batch)
+  ref = _stepwise_greedy(net, params, batch['encoder_input_tokens'], length)
+  np.testing.assert_array_equal(np.asarray(tokens), ref)
+  assert tokens.shape == (3, length) and scores.shape == (3,)
+  # The greedy score is the log-likelihood of the decoded tokens (up to and incl. EOS).
+  rescored, _ = _teacher_forced_loglik(net, params, batch['encoder_input_tokens'], tokens)
+  np.testing.assert_allclose(np.asarray(scores), rescored, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('which', ['plain', 'spt'])
+def test_beam_search_scores_match_rescoring_without_cache(which, plain, spt):
+  """Each returned beam's score = its full-forward log-likelihood / length penalty."""
+  net, params, batch = {'plain': plain, 'spt': spt}[which]
+  params = _eos_friendly(params)
+  model = models.EncoderDecoderModel(net, eos_id=EOS)
+  length, beams, alpha = 5, 3, 0.6
+  fn = jax.jit(functools.partial(model.predict_batch_with_aux, decoding_method='beam',
+                                 num_decodes=beams, alpha=alpha, max_decode_length=length,
+                                 return_all_decodes=True))
+  seqs, aux = fn(params, batch)
+  seqs, scores = np.asarray(seqs), np.asarray(aux['scores'])
+  assert seqs.shape == (3, beams, length)
+  assert np.all(np.diff(scores, axis=1) >= 0), 'beams must be sorted ascending (best last)'
+  assert np.any(seqs == EOS), 'the EOS-friendly model should finish some beams'
+  flat = seqs.reshape(-1, length)
+  enc = np.repeat(np.asarray(batch['encoder_input_tokens']), beams, axis=0)
+  ll, lengths = _teacher_forced_loglik(net, params, enc, flat)
+  expected = ll / ((5.0 + lengths) / 6.0) ** alpha
+  np.testing.assert_allclose(scores.reshape(-1), expected, rtol=1e-4, atol=1e-4)
+  # Best-only call returns the last beam.
+  best = jax.jit(functools.partial(model.predict_batch, decoding='beam', num_decodes=beams,
+                                   alpha=alpha, max_decode_length=length))(params, batch)
+  np.testing.assert_array_equal(np.asarray(best), seqs[:, -1])
+  if which == 'spt':
+    np.testing.assert_array_equal(
+        np.asarray(aux['retrieval_indices']),
+        np.asarray(jax.jit(model.loss_fn)(params, batch, None)[1]['retrieval_indices']))
+
+
+def test_beam_width_one_equals_greedy_when_greedy_is_beam_optimal(plain):
+  """Width-1 beam search keeps second-best EOS candidates as finished hypotheses, so it
+  equals greedy exactly when none of them beats the greedy path (checked here via scores)."""
+  net, params, batch = plain
+  params = _eos_friendly(params)
+  model = models.EncoderDecoderModel(net, eos_id=EOS)
+  length = 5
+  greedy, g_scores = jax.jit(functools.partial(
+      model.predict_batch, decoding='greedy', max_decode_length=length, return_scores=True))(
+          params, batch)
+  beam, b_scores = jax.jit(functools.partial(
+      model.predict_batch, decoding='beam', num_decodes=1, alpha=0.0,
+      max_decode_length=length, return_scores=True))(params, batch)
+  greedy, beam = np.asarray(greedy), np.asarray(beam)
+  # Beam search never returns a worse hypothesis than greedy (alpha=0: plain log-prob).
+  assert np.all(np.asarray(b_scores) >= np.asarray(g_scores) - 1e-5)
+  same = np.all(greedy == beam, axis=1)
+  np.testing.assert_allclose(np.asarray(b_scores)[same], np.asarray(g_scores)[same], rtol=1e-5)
+  assert same.any()
+
+
+def test_sampling_and_errors(plain):
+  net, params, batch = plain
+  model = models.EncoderDecoderModel(net, eos_id=EOS)
+  fn = jax.jit(functools.partial(model.predict_batch, decoding='sample', num_decodes=2,
+                                 max_decode_length=4, temperature=0.0001, return_scores=True))
+  tokens, _ = fn(params, batch, decode_rng=jax.random.PRNGKey(0))
+  greedy = jax.jit(functools.partial(model.predict_batch, max_decode_length=4))(params, batch)
+  np.testing.assert_array_equal(np.asarray(tokens), np.asarray(greedy))
+  with pytest.raises(ValueError, match='decoding'):
+    model.predict_batch(params, batch, decoding='nucleus')
+  with pytest.raises(ValueError, match='max_decode_length'):
+    model.predict_batch(params, {'encoder_input_tokens': batch['encoder_input_tokens']})
+  with pytest.raises(ValueError, match='loss_normalizing_factor'):
+    models.EncoderDecoderModel(net, loss_normalizing_factor='PER_TOKEN')
