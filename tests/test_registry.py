@@ -11,7 +11,6 @@ and run the full seqio pipeline (`task.get_dataset`) for one template per
 dataset row; `slow` tests run every task through the pipeline.
 """
 import csv
-import functools
 import os
 import pathlib
 import random
@@ -32,12 +31,11 @@ import seqio  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
-from tasks import glue  # noqa: E402
+from tasks import glue  # noqa: E402,F401  # registers spt_glue_train
 from tasks import heldout  # noqa: E402
-from tasks import mixing  # noqa: E402
 from tasks import preprocessors  # noqa: E402
 from tasks import sources  # noqa: E402
-from tasks import super_glue  # noqa: E402
+from tasks import super_glue  # noqa: E402,F401  # registers spt_super_glue_*
 from tasks import t0  # noqa: E402
 from tasks import templates as templates_lib  # noqa: E402
 
@@ -315,9 +313,7 @@ def _source_examples(spec, split):
   fn = sources.example_fn(spec)
   out = []
   for ex in ds.as_numpy_iterator():
-    ex = preprocessors.to_python(ex) if not isinstance(ex, dict) else {
-        k: preprocessors.to_python(v) if not isinstance(v, dict) else
-        {kk: preprocessors.to_python(vv) for kk, vv in v.items()} for k, v in ex.items()}
+    ex = tf.nest.map_structure(preprocessors.to_python, ex)
     out.append(fn(ex) if fn else ex)
   return out
 
@@ -700,7 +696,7 @@ def test_glue_and_super_glue_mixtures():
   # Generated text → class id through the fixed answer choices (unknown → -1).
   # GPT-3 style: True ||| False ||| Neither.
   assert cb.postprocess_fn(' Neither ') == 2 and cb.postprocess_fn('banana') == -1
-  record = seqio.get_mixture_or_task(f'super_glue_record_{templates_lib.list_templates("super_glue", "record")[0].task_name.split("record_", 1)[1]}')
+  record = seqio.get_mixture_or_task(templates_lib.list_templates('super_glue', 'record')[0].task_name)
   assert set(record.metric_fns[0](['Paris'], ['paris'])) == {'em', 'f1'}
 
 
