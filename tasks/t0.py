@@ -12,10 +12,11 @@ This mirrors bigscience t-zero `t0/seqio_tasks/tasks.py` (`add_task`):
 * For every template with answer choices, a `{task}_score_eval` twin: one row
   per choice (`idx` = [example, choice], `is_correct`, `weight`), scored by
   `spt_jax.metrics.rank_classification`.
-* Templates T0 left out (`templates.T0_TASK_BLACKLIST`, e.g.
-  `gigaword_summarize_`, whose cached files were broken) and templates whose jinja
-  has no '|||' separator are not registered; every other template is, whatever
-  its `original_task` flag (T0 trained on all of them).
+* Templates T0 left out (`templates.T0_TASK_BLACKLIST`: too long, or broken
+  cached files) and templates whose jinja has no '|||' separator are not
+  registered. With promptsource 0.2.3 no row of the table has one (T0's
+  `gigaword_summarize_` no longer exists there). Every other template is
+  registered and trained on, whatever its `original_task` flag (as T0).
 
 Mixture `spt_t0_train`: the rows of `datasets.csv` marked `default_train=yes`
 (T0's 38 (dataset, subset) training rows in 8 clusters), every registered template
