@@ -117,8 +117,9 @@ class DenseGeneral(nn.Module):
     param_shape = (int(np.prod(in_shape)), int(np.prod(features)))
 
     def init(key, shape, dtype):
-      # Initialise in the logical (unflattened) shape so fan-in is counted like T5X.
-      return jnp.reshape(self.kernel_init(key, in_shape + features, dtype), shape)
+      # Initialise the 2-D `[prod(in), prod(features)]` shape, as T5X does: fan-in is then
+      # prod(in) (e.g. emb for query), not emb * heads as the 3-D logical shape would give.
+      return self.kernel_init(key, shape, dtype)
 
     kernel = _param(self, 'kernel', init, param_shape, self.kernel_axes)
     kernel = jnp.reshape(jnp.asarray(kernel, self.dtype), in_shape + features)

@@ -14,7 +14,8 @@ from spt_jax import checkpoints
 from spt_jax import network
 from spt_jax import partitioning
 
-pytestmark = pytest.mark.timeout(120)
+# Generous: the shared 2-core machine can be very busy; this only catches hangs.
+pytestmark = pytest.mark.timeout(600)
 
 GATED = network.T5Config(
     vocab_size=64, emb_dim=8, num_heads=4, head_dim=4, mlp_dim=16, num_encoder_layers=2,
@@ -156,13 +157,15 @@ def test_packed_equals_separate():
                                               **k))
   packed = np.asarray(apply(packed_enc, packed_dec_in, packed_tgt,
                             encoder_segment_ids=enc_seg, decoder_segment_ids=dec_seg))
-  alone_a = np.asarray(apply(enc_a[None], _shift_right(tgt_a[None]), tgt_a[None]))
-  alone_b = np.asarray(apply(enc_b[None], _shift_right(tgt_b[None]), tgt_b[None]))
-  np.testing.assert_allclose(packed[0, :3], alone_a[0], atol=1e-5, rtol=1e-5)
-  np.testing.assert_allclose(packed[0, 3:5], alone_b[0], atol=1e-5, rtol=1e-5)
+  # Separately: one padded batch of the two examples (padding does not change real positions).
+  sep_enc = np.stack([enc_a, pad(enc_b, 4)])
+  sep_tgt = np.stack([tgt_a, pad(tgt_b, 3)])
+  separate = np.asarray(apply(sep_enc, _shift_right(sep_tgt), sep_tgt))
+  np.testing.assert_allclose(packed[0, :3], separate[0], atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(packed[0, 3:5], separate[1, :2], atol=1e-5, rtol=1e-5)
   # Without segment ids the second example would see the first: the test can fail.
   leaky = np.asarray(apply(packed_enc, packed_dec_in, packed_tgt))
-  assert np.abs(leaky[0, 3:5] - alone_b[0]).max() > 1e-4
+  assert np.abs(leaky[0, 3:5] - separate[1, :2]).max() > 1e-4
 
 
 # ----------------------------------------------------------------------------- mesh
@@ -214,3 +217,28 @@ def test_packing_with_prompts_is_refused():
   with pytest.raises(ValueError, match='pack=False'):
     model.init(jax.random.PRNGKey(0), tokens, tokens, tokens, encoder_segment_ids=tokens,
                decoder_segment_ids=tokens, enable_dropout=False)
+
+
+def test_init_scales_match_t5x():
+  """T5X initialises 2-D kernels: fan-in of query/key/value is emb, not emb * heads."""
+  config = dataclasses.replace(GATED, emb_dim=256, num_heads=8, head_dim=32, mlp_dim=256,
+                               vocab_size=128, num_encoder_layers=1, num_decoder_layers=1)
+  model = network.Transformer(config)
+  tokens = np.ones((1, 4), np.int32)
+  params = nn.unbox(jax.jit(lambda: model.init(jax.random.PRNGKey(0), tokens, tokens, tokens,
+                                                enable_dropout=False))()['params'])
+  layer = params['encoder']['layers_0']
+  emb, joined = config.emb_dim, config.num_heads * config.head_dim
+  expected = {
+      # T5 folds 1/sqrt(head_dim) into the query init instead of scaling logits.
+      'attention/query/kernel': 1 / np.sqrt(emb) / np.sqrt(config.head_dim),
+      'attention/key/kernel': 1 / np.sqrt(emb),
+      'attention/value/kernel': 1 / np.sqrt(emb),
+      'attention/out/kernel': 1 / np.sqrt(joined),
+  }
+  flat = checkpoints.flatten(layer)
+  for name, std in expected.items():
+    assert abs(float(flat[name].std()) / std - 1) < 0.05, (name, float(flat[name].std()), std)
+  # Truncated normal (T5X's DenseGeneral default) has std 1/sqrt(fan_in) too.
+  assert abs(float(flat['mlp/wi_0/kernel'].std()) * np.sqrt(emb) - 1) < 0.05
+  assert abs(float(flat['mlp/wo/kernel'].std()) * np.sqrt(config.mlp_dim) - 1) < 0.05

@@ -12,7 +12,8 @@ import pytest
 seqio = pytest.importorskip('seqio')
 transformers = pytest.importorskip('transformers')
 
-pytestmark = pytest.mark.timeout(120)
+# Generous: the shared 2-core machine can be very busy; this only catches hangs.
+pytestmark = pytest.mark.timeout(600)
 
 PROMPTS = [
     'Suppose The cat sat on the mat. Can we infer that "A cat sat"? Yes, no, or maybe?',
