@@ -1,4 +1,5 @@
 """Tests for spt_jax.models: loss, scoring and prediction on tiny T5s (CPU, seconds)."""
+import dataclasses
 import functools
 import math
 
@@ -9,7 +10,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from spt_jax import decoding
 from spt_jax import models
 from spt_jax import network
 from spt_jax import prompts
@@ -128,18 +128,13 @@ def test_loss_weights_and_dropout(plain):
   row0 = float(full - part)
   assert row0 > 0
   # Dropout only with an rng, and a different rng gives a different loss.
-  drop_net = network.Transformer(dataclasses_replace(TINY, dropout_rate=0.3))
+  drop_net = network.Transformer(dataclasses.replace(TINY, dropout_rate=0.3))
   fn = jax.jit(models.EncoderDecoderModel(drop_net, z_loss=0.0).loss_fn)
   l0, _ = fn(params, batch, None)
   l1, _ = fn(params, batch, jax.random.PRNGKey(1))
   l2, _ = fn(params, batch, jax.random.PRNGKey(2))
   np.testing.assert_allclose(float(l0), float(full), rtol=1e-6)
   assert float(l1) != float(l0) and float(l1) != float(l2)
-
-
-def dataclasses_replace(cfg, **kw):
-  import dataclasses  # pylint: disable=g-import-not-at-top
-  return dataclasses.replace(cfg, **kw)
 
 
 def test_spt_key_loss_and_retrieval_metrics(spt):
@@ -153,7 +148,7 @@ def test_spt_key_loss_and_retrieval_metrics(spt):
   assert np.all((np.asarray(m['retrieval_indices']) >= 0)
                 & (np.asarray(m['retrieval_indices']) < SPT.memory_size))
 
-  cfg = dataclasses_replace(SPT, key_loss_weight=0.5)
+  cfg = dataclasses.replace(SPT, key_loss_weight=0.5)
   net_kl = network.Transformer(TINY, prompt_config=cfg)
   model_kl = models.EncoderDecoderModel(net_kl)
   loss_kl, m_kl = jax.jit(model_kl.loss_fn)(params, batch, None)
@@ -164,7 +159,7 @@ def test_spt_key_loss_and_retrieval_metrics(spt):
                              float(m_kl['cross_ent_loss'] + m_kl['z_loss'] + m_kl['key_loss']),
                              rtol=1e-5)
   # The key loss sends a gradient to the memory keys even with hard retrieval.
-  hard = network.Transformer(TINY, prompt_config=dataclasses_replace(cfg, weighting='none'))
+  hard = network.Transformer(TINY, prompt_config=dataclasses.replace(cfg, weighting='none'))
   grads = jax.jit(jax.grad(lambda p: models.EncoderDecoderModel(hard).loss_fn(
       p, batch, None)[0]))(params)
   key_grad = np.asarray(grads['encoder']['memory_bank']['keys'])
