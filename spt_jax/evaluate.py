@@ -209,8 +209,9 @@ def create_seqio_evaluator(mixture_or_task_name: str, *, split: str = 'validatio
     mixture_or_task_name: e.g. 'spt_heldout_score_eval'.
     split: eval split ('validation': T0 evaluated on it; test labels are hidden).
     task_feature_lengths: pad / truncate to these; None: the longest example of the mixture.
-    num_examples: first N examples of each task (before the `_score_eval` expansion, as
-      seqio counts task examples after preprocessing: N rows); None: all.
+    num_examples: the first N rows of each task (seqio counts after preprocessing, so for a
+      `_score_eval` task these are answer-choice rows: use a multiple of the number of
+      choices, or a partial example is scored on fewer choices); None: all (T0's setting).
     use_cached, seed: as `seqio.Evaluator`.
     log_dir: where seqio's JSONLogger writes (created); None: no seqio logging.
 

@@ -228,52 +228,98 @@ def _sample_model(sample, memory_size):
 
 @pytest.mark.slow
 def test_end_to_end_train_evaluate_compare(tmp_path):
+  """Local SPT run (trainer, tiny model, sample mixture) → periodic + standalone eval → compare.
+
+  The trainer's eval hook evaluates the final step into `<run>/eval/step_3`; `evaluate`
+  then restores the saved checkpoint and must reproduce those numbers exactly (same data,
+  same parameters) in its own directory; `compare` tables the two directories.
+  """
   sample = _sample_or_skip()
   from spt_jax import compare  # pylint: disable=g-import-not-at-top
   from spt_jax import train  # pylint: disable=g-import-not-at-top
   lengths = dict(sample.FEATURE_LENGTHS)
-  eval_dirs = []
-  for name, memory_size in (('spt', 16), ('pt', 0)):
-    model_dir = tmp_path / name
-    model = _sample_model(sample, memory_size)
-    hook = evaluate.eval_hook_factory(sample.HELDOUT_SCORE_EVAL_MIXTURE, model_dir=str(model_dir),
-                                      batch_size=16, num_examples=6)
-    result = train.train(model_dir=str(model_dir),
-                         mixture_or_task_name=sample.TRAIN_MIXTURE,
-                         task_feature_lengths=lengths, train_steps=3, batch_size=8,
-                         model=model, trainable='prompts_only' if memory_size else 'full',
-                         save_every_steps=3, log_every_steps=1, async_checkpointing=False,
-                         eval_hook_factory=hook if name == 'spt' else None)
-    assert result['step'] == 3
-    # The periodic (final-step) evaluation went through the trainer's hook.
-    if name == 'spt':
-      assert (model_dir / 'eval' / 'step_3' / 'results.json').is_file()
-      logged = [json.loads(l) for l in (model_dir / 'metrics.jsonl').read_text().splitlines()]
-      assert any('eval/overall/median' in r for r in logged)
-    out = evaluate.evaluate(mixture_or_task_name=sample.HELDOUT_SCORE_EVAL_MIXTURE,
-                            checkpoint_path=str(model_dir), model=model, batch_size=16,
-                            num_examples=6, task_feature_lengths=lengths)
-    eval_dir = pathlib.Path(out['output_dir'])
-    assert eval_dir == model_dir / 'eval' / 'step_3'
-    results = json.loads((eval_dir / 'results.json').read_text())
-    heldout = {d.dataset + (f'/{d.subset}' if d.subset else '')
-               for d in sample.DATASETS if d.heldout}
-    assert set(results['datasets']) == heldout
-    for d in results['datasets'].values():
-      assert d['n_templates'] >= 1 and 0.0 <= d['min'] <= d['median'] <= d['max'] <= 100.0
-    assert set(results['clusters']) == {d.cluster for d in sample.DATASETS if d.heldout}
-    md = (eval_dir / 'results.md').read_text()
-    assert '| Cluster | Dataset | Median | Mean | Min | Max | n |' in md
-    assert all(f'| {d} |' in md for d in heldout)
-    csv_levels = {line.split(',')[0] for line in
-                  (eval_dir / 'results.csv').read_text().splitlines()[1:]}
-    assert csv_levels == {'template', 'dataset', 'cluster', 'overall'}
-    assert (eval_dir / 'accuracy_per_dataset.png').stat().st_size > 1000
-    assert (eval_dir / 'memory_slot_usage.png').is_file() == bool(memory_size)
-    eval_dirs.append(model_dir)
+  model_dir = tmp_path / 'spt'
+  model = _sample_model(sample, memory_size=16)
+  eval_kwargs = dict(batch_size=16, num_examples=6)
+  hook = evaluate.eval_hook_factory(sample.HELDOUT_SCORE_EVAL_MIXTURE,
+                                    model_dir=str(model_dir), **eval_kwargs)
+  result = train.train(model_dir=str(model_dir), mixture_or_task_name=sample.TRAIN_MIXTURE,
+                       task_feature_lengths=lengths, train_steps=3, batch_size=8,
+                       model=model, trainable='prompts_only', save_every_steps=3,
+                       log_every_steps=1, async_checkpointing=False, eval_hook_factory=hook)
+  assert result['step'] == 3
+  hook_dir = model_dir / 'eval' / 'step_3'
+  logged = [json.loads(l) for l in (model_dir / 'metrics.jsonl').read_text().splitlines()]
+  assert any('eval/overall/median' in r for r in logged)
+
+  out = evaluate.evaluate(mixture_or_task_name=sample.HELDOUT_SCORE_EVAL_MIXTURE,
+                          checkpoint_path=str(model_dir), model=model,
+                          output_dir=str(tmp_path / 'standalone'),
+                          task_feature_lengths=lengths, **eval_kwargs)
+  assert out['step'] == 3
+  eval_dir = pathlib.Path(out['output_dir'])
+  results = json.loads((eval_dir / 'results.json').read_text())
+  from_hook = json.loads((hook_dir / 'results.json').read_text())
+  assert results['datasets'] == from_hook['datasets']
+  assert results['retrieval'] == from_hook['retrieval']
+
+  heldout = {d.dataset + (f'/{d.subset}' if d.subset else '')
+             for d in sample.DATASETS if d.heldout}
+  assert set(results['datasets']) == heldout
+  for d in results['datasets'].values():
+    assert d['n_templates'] >= 1 and 0.0 <= d['min'] <= d['median'] <= d['max'] <= 100.0
+  assert set(results['clusters']) == {d.cluster for d in sample.DATASETS if d.heldout}
+  assert set(results['retrieval']) == heldout
+  md = (eval_dir / 'results.md').read_text()
+  assert '| Cluster | Dataset | Median | Mean | Min | Max | n |' in md
+  assert all(f'| {d} |' in md for d in heldout)
+  csv_levels = {line.split(',')[0] for line in
+                (eval_dir / 'results.csv').read_text().splitlines()[1:]}
+  assert csv_levels == {'template', 'dataset', 'cluster', 'overall'}
+  assert (eval_dir / 'accuracy_per_dataset.png').stat().st_size > 1000
+  assert (eval_dir / 'memory_slot_usage.png').stat().st_size > 1000
+
   cmp_dir = tmp_path / 'comparison'
-  assert compare.main([str(d) for d in eval_dirs] + ['--output_dir', str(cmp_dir),
-                                                       '--names', 'spt,pt']) == 0
+  assert compare.main([str(model_dir), str(eval_dir), '--output_dir', str(cmp_dir),
+                       '--names', 'periodic,standalone']) == 0
   table = (cmp_dir / 'comparison.md').read_text()
-  assert 'spt' in table and 'pt' in table
-  assert (cmp_dir / 'comparison.csv').is_file()
+  assert 'periodic' in table and 'standalone' in table
+  assert all(d in table for d in heldout)
+  assert (cmp_dir / 'comparison.csv').is_file() and (cmp_dir / 'comparison.png').is_file()
+
+def test_eval_gin_binds_the_entry_point():
+  """runs/eval.gin after the training gin files parses and binds evaluate.evaluate."""
+  import gin  # pylint: disable=g-import-not-at-top
+  gin.clear_config()
+  try:
+    runner.parse_gin(['methods/spt.gin', 'runs/local.gin', 'runs/eval.gin'],
+                     ["CHECKPOINT_PATH = '/tmp/run'",
+                      "EVAL_MIXTURE = 'spt_sample_heldout_score_eval'",
+                      'EVAL_BATCH_SIZE = 16'], ['gin'], finalize=False)
+    assert gin.query_parameter('evaluate.evaluate.checkpoint_path') is not None
+    assert gin.query_parameter('%EVAL_MIXTURE') == 'spt_sample_heldout_score_eval'
+    assert gin.query_parameter('%EVAL_BATCH_SIZE') == 16
+    assert gin.query_parameter('%CHECKPOINT_FORMAT') == 'orbax'
+    runner.parse_gin(['runs/infer.gin'], ["OUTPUT_FILE = '/tmp/p.jsonl'"], ['gin'],
+                     finalize=False)
+    assert gin.query_parameter('%DECODING') == 'greedy'
+  finally:
+    gin.clear_config()
+
+
+def test_periodic_eval_gin_wires_the_trainer_hook(tmp_path):
+  """runs/periodic_eval.gin binds train.eval_hook_factory to an Evaluation factory."""
+  import gin  # pylint: disable=g-import-not-at-top
+  gin.clear_config()
+  try:
+    runner.parse_gin(['methods/spt.gin', 'runs/local.gin', 'runs/periodic_eval.gin'],
+                     [f"MODEL_DIR = '{tmp_path}'", 'EVAL_EVERY_STEPS = 7',
+                      f"EVAL_MIXTURE = '{MIXTURE}'"], ['gin'], finalize=False)
+    assert gin.query_parameter('%EVAL_EVERY_STEPS') == 7
+    assert gin.query_parameter('train.eval_hook_factory') is not None
+    with gin.config_scope(None):
+      factory = evaluate.eval_hook_factory_configurable()
+    assert callable(factory)
+    assert gin.query_parameter('%EVAL_BATCH_SIZE') == 32
+  finally:
+    gin.clear_config()
