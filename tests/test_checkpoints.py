@@ -412,3 +412,28 @@ def test_restore_params_checks_hf_config(tmp_path, hf_model):
   # Dropout is a training choice, not part of the checkpoint's function.
   checkpoints.restore_params(tmp_path, 'hf', abstract,
                              config=dataclasses.replace(config, dropout_rate=0.3))
+
+
+@pytest.mark.parametrize('safe', [True, False], ids=['safetensors', 'bin'])
+def test_hf_load_reads_one_tensor_at_a_time(tmp_path, safe):
+  """Peak host memory of the import is ~ the parameters + a few tensors, never 2x them."""
+  import tracemalloc  # pylint: disable=g-import-not-at-top
+  transformers = pytest.importorskip('transformers')
+  config = transformers.T5Config(
+      vocab_size=32, d_model=64, d_kv=16, num_heads=4, d_ff=256, num_layers=6,
+      num_decoder_layers=6, feed_forward_proj='gated-gelu', tie_word_embeddings=False,
+      decoder_start_token_id=0)
+  model = transformers.T5ForConditionalGeneration(config)
+  model.save_pretrained(tmp_path, safe_serialization=safe)
+  sizes = [p.numel() * 4 for p in model.parameters()]
+  total, largest = sum(sizes), max(sizes)
+  del model
+  tracemalloc.start()
+  try:
+    _, params = checkpoints.load_hf_t5(tmp_path)
+    _, peak = tracemalloc.get_traced_memory()
+  finally:
+    tracemalloc.stop()
+  assert sum(x.nbytes for x in jax.tree.leaves(params)) == total
+  assert largest * 20 < total  # the bound below is meaningful
+  assert peak < total + 4 * largest + 512 * 1024, (peak, total, largest)
