@@ -405,26 +405,21 @@ def _is_tensorstore_spec(x: Any) -> bool:
 
 
 def _absolute_spec(spec: dict[str, Any], ckpt_dir: pathlib.Path) -> dict[str, Any]:
-  """T5X stores tensorstore paths relative to the checkpoint dir; make them absolute."""
+  """T5X stores tensorstore paths relative to the checkpoint dir; make them local absolute.
+
+  Only local directories are read (copy a GCS checkpoint with `gsutil -m cp -r` first). An
+  array whose spec names GCS is looked up by its folder name inside the local directory.
+  """
   spec = json.loads(json.dumps(spec))  # deep copy of plain data
   kvstore = spec['kvstore']
   if isinstance(kvstore, str):  # very old specs: a bare path
     kvstore = {'driver': 'file', 'path': kvstore}
-  driver = kvstore.get('driver', 'file')
   rel = kvstore.get('path', '')
-  if driver in ('file', 'gfile'):
-    # T5X writes 'gfile' (its own tensorstore build) or 'file'; open-source tensorstore reads
-    # both through the local 'file' driver.
-    full = rel if os.path.isabs(rel) else str(ckpt_dir / rel)
-    if full.startswith('gs://'):
-      bucket, _, rest = full[len('gs://'):].partition('/')
-      kvstore = {'driver': 'gcs', 'bucket': bucket, 'path': rest}
-    else:
-      kvstore = {'driver': 'file', 'path': full}
-  elif driver == 'gcs' and str(ckpt_dir).startswith('gs://') and not rel.startswith(
-      str(ckpt_dir)[len('gs://'):].partition('/')[2]):
-    kvstore = dict(kvstore, path=str(ckpt_dir)[len('gs://'):].partition('/')[2] + '/' + rel)
-  spec['kvstore'] = kvstore
+  if kvstore.get('driver', 'file') not in ('file', 'gfile'):
+    rel = pathlib.PurePosixPath(rel).name
+  # T5X writes 'gfile' (its internal kvstore) or 'file'; both are local files here.
+  spec['kvstore'] = {'driver': 'file',
+                     'path': rel if os.path.isabs(rel) else str(ckpt_dir / rel)}
   return spec
 
 
