@@ -353,3 +353,49 @@ def test_sampling_and_errors(plain):
     model.predict_batch(params, {'encoder_input_tokens': batch['encoder_input_tokens']})
   with pytest.raises(ValueError, match='loss_normalizing_factor'):
     models.EncoderDecoderModel(net, loss_normalizing_factor='PER_TOKEN')
+
+
+# ------------------------------------------------------------------------------- sharded
+@pytest.mark.slow
+def test_sharded_loss_score_predict_match_single_device():
+  """On a (data 4, model 2) mesh with the memory bank split over `model` (two-stage top-k),
+  loss, scores and greedy / beam predictions equal the unsharded ones."""
+  from spt_jax import partitioning  # pylint: disable=g-import-not-at-top
+  if len(jax.devices()) < 8:
+    pytest.skip('needs 8 (fake) devices; tests/conftest.py sets them')
+  net = network.Transformer(TINY, prompt_config=SPT)
+  batch = _make_batch(inputs=BATCH['inputs'] + [[4, 4, 4, EOS]],
+                      targets=BATCH['targets'] + [[6, 7, EOS]])
+  params = _eos_friendly(_init(net, batch, seed=2))
+  model = models.EncoderDecoderModel(net, eos_id=EOS)
+  fns = {
+      'loss': lambda p, b: model.loss_fn(p, b, None),
+      'score': functools.partial(model.score_batch, return_retrieval=True),
+      'greedy': functools.partial(model.predict_batch, max_decode_length=5, return_scores=True),
+      'beam': functools.partial(model.predict_batch, decoding='beam', num_decodes=2,
+                                max_decode_length=5, return_scores=True),
+  }
+  expected = {k: jax.jit(f)(params, batch) for k, f in fns.items()}
+
+  mesh = partitioning.create_mesh(mesh_shape=(4, 2))
+  init = functools.partial(net.init, enable_dropout=False)
+  with partitioning.activate(mesh):
+    boxed = jax.eval_shape(lambda r: init(r, batch['encoder_input_tokens'],
+                                          batch['decoder_input_tokens'],
+                                          batch['decoder_target_tokens'])['params'],
+                           jax.random.PRNGKey(0))
+  shardings = partitioning.param_shardings(boxed, mesh)
+  assert 'model' in str(shardings['encoder']['memory_bank']['keys'].spec)
+  sharded_params = jax.device_put(params, shardings)
+  sharded_batch = jax.device_put(batch, partitioning.batch_sharding(mesh))
+  with partitioning.activate(mesh):
+    for name, f in fns.items():
+      got = jax.jit(f, in_shardings=(shardings, partitioning.batch_sharding(mesh)))(
+          sharded_params, sharded_batch)
+      want = expected[name]
+      for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        if jnp.issubdtype(w.dtype, jnp.integer):
+          np.testing.assert_array_equal(np.asarray(g), np.asarray(w), err_msg=name)
+        else:
+          np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-4, atol=1e-4,
+                                     err_msg=name)
