@@ -1,0 +1,351 @@
+"""Set-up shared by the gin entry points (train.py, evaluate.py, infer.py).
+
+Everything an entry point needs before its loop: gin parsing (with T5X's `--gin.NAME=VALUE`
+flags), `jax.distributed` initialisation, the device mesh and partitioning rules, model
+construction, parameter initialisation / import onto the mesh, task look-up with helpful
+errors, and the seqio input pipeline producing host-local numpy batches.
+
+An evaluation entry point reuses it like this::
+
+  runner.parse_gin(gin_files, gin_bindings, gin_search_paths)
+  runner.initialize_distributed()
+  setup = runner.ModelSetup.create(model, task_feature_lengths, mesh=partitioning.create_mesh())
+  params = setup.restore_params_from_run(model_dir)       # latest checkpoint of a train run
+  with setup.activate():
+    scores = jax.jit(model.score_batch, ...)(params, batch)
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags
+from absl import logging
+
+from spt_jax import checkpoints
+from spt_jax import models as models_lib
+from spt_jax import network as network_lib
+from spt_jax import partitioning
+from spt_jax import prompts as prompts_lib
+
+# ------------------------------------------------------------------------------------------
+# Gin.
+# ------------------------------------------------------------------------------------------
+GIN_FILE = flags.DEFINE_multi_string(
+    'gin_file', [], 'Gin config files (searched in --gin_search_paths).')
+GIN_BINDINGS = flags.DEFINE_multi_string(
+    'gin_bindings', [], 'Gin bindings; T5X-style `--gin.NAME=VALUE` also works.')
+GIN_SEARCH_PATHS = flags.DEFINE_list(
+    'gin_search_paths', ['gin'], 'Directories searched for gin files and their includes.')
+
+_GIN_FLAG = re.compile(r'^--gin\.([^=]+)=(.*)$', re.DOTALL)
+
+
+def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
+  """Turns T5X-style `--gin.NAME=VALUE` flags into `--gin_bindings=NAME = VALUE`."""
+  out = []
+  for arg in argv:
+    m = _GIN_FLAG.match(arg)
+    out.append(f'--gin_bindings={m.group(1)} = {m.group(2)}' if m else arg)
+  return out
+
+
+def parse_gin(gin_files: Sequence[str] = (), gin_bindings: Sequence[str] = (),
+              gin_search_paths: Sequence[str] = ('gin',), finalize: bool = True) -> None:
+  """Registers the library's configurables, then parses gin files and bindings.
+
+  Search paths are tried relative to the working directory and to the repository root, so
+  `--gin_search_paths=gin` works from anywhere inside a checkout.
+
+  Raises:
+    ValueError: for an unknown configurable or parameter, naming it (gin's own message) and
+      the fix.
+  """
+  from spt_jax import gin_configurables  # pylint: disable=g-import-not-at-top,unused-import
+  repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  for path in gin_search_paths:
+    for candidate in (path, os.path.join(repo_root, path)):
+      if os.path.isdir(candidate):
+        gin.add_config_file_search_path(os.path.abspath(candidate))
+  try:
+    gin.parse_config_files_and_bindings(list(gin_files), list(gin_bindings),
+                                        finalize_config=finalize)
+  except (ValueError, KeyError) as e:
+    raise ValueError(
+        f'Gin configuration error: {e}\nCheck the spelling of the binding (gin lists '
+        'configurables as module.name.parameter, e.g. train.batch_size, or a MACRO such as '
+        'BATCH_SIZE) and that its module is imported by spt_jax/gin_configurables.py or by an '
+        '`import` line of the gin file.') from e
+
+
+# ------------------------------------------------------------------------------------------
+# Multi-host.
+# ------------------------------------------------------------------------------------------
+def initialize_distributed(coordinator_address: str | None = None,
+                           num_processes: int | None = None, process_id: int | None = None,
+                           cpu_collectives: str = 'gloo') -> bool:
+  """Starts `jax.distributed` when the job spans several processes; returns whether it did.
+
+  Detection order: explicit arguments; the environment variables `JAX_COORDINATOR_ADDRESS`,
+  `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID` (set them on every process); SLURM with more than
+  one task (`SLURM_NTASKS`); a multi-worker Cloud TPU slice (`TPU_WORKER_HOSTNAMES` or
+  `MEGASCALE_COORDINATOR_ADDRESS`), where jax finds the coordinator itself. A single process
+  needs nothing. On CPU the collectives backend is set to `cpu_collectives` (gloo).
+  """
+  if jax.distributed.is_initialized():
+    return True
+  env = os.environ
+  coordinator_address = coordinator_address or env.get('JAX_COORDINATOR_ADDRESS')
+  if num_processes is None and env.get('JAX_NUM_PROCESSES'):
+    num_processes = int(env['JAX_NUM_PROCESSES'])
+  if process_id is None and env.get('JAX_PROCESS_ID'):
+    process_id = int(env['JAX_PROCESS_ID'])
+  kwargs = {}
+  if coordinator_address:
+    if num_processes is None or process_id is None:
+      raise ValueError('JAX_COORDINATOR_ADDRESS is set but JAX_NUM_PROCESSES / JAX_PROCESS_ID '
+                       'are not: set all three on every process.')
+    kwargs = dict(coordinator_address=coordinator_address, num_processes=num_processes,
+                  process_id=process_id)
+  elif int(env.get('SLURM_NTASKS', '1')) > 1:
+    kwargs = {}  # jax's SLURM cluster detection reads the SLURM_* variables.
+  elif len(env.get('TPU_WORKER_HOSTNAMES', '').split(',')) > 1 or env.get(
+      'MEGASCALE_COORDINATOR_ADDRESS'):
+    kwargs = {}  # jax's Cloud TPU detection.
+  else:
+    return False
+  if cpu_collectives and (env.get('JAX_PLATFORMS', '') in ('cpu',) or coordinator_address):
+    try:
+      jax.config.update('jax_cpu_collectives_implementation', cpu_collectives)
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning('Could not set CPU collectives to %s: %s', cpu_collectives, e)
+  logging.info('jax.distributed.initialize(%s)', kwargs)
+  jax.distributed.initialize(**kwargs)
+  logging.info('Process %d of %d, %d local / %d global devices', jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
+  return True
+
+
+# ------------------------------------------------------------------------------------------
+# Model.
+# ------------------------------------------------------------------------------------------
+def create_model(config: network_lib.T5Config | None = None,
+                 prompt_config: prompts_lib.PromptConfig | None = None,
+                 z_loss: float = 1e-4, label_smoothing: float = 0.0,
+                 loss_normalizing_factor: float | str | None = None
+                 ) -> models_lib.EncoderDecoderModel:
+  """`EncoderDecoderModel` around `Transformer(config, prompt_config)` (gin: `runner.create_model`)."""
+  network = network_lib.Transformer(config or network_lib.T5Config(),
+                                    prompt_config=prompt_config)
+  return models_lib.EncoderDecoderModel(network, z_loss=z_loss, label_smoothing=label_smoothing,
+                                        loss_normalizing_factor=loss_normalizing_factor)
+
+
+def dummy_batch(task_feature_lengths: Mapping[str, int], batch_size: int = 1) -> dict[str, Any]:
+  """Zero batch with the feature converter's shapes (for init / shape inference)."""
+  t_in, t_out = int(task_feature_lengths['inputs']), int(task_feature_lengths['targets'])
+  return {
+      'encoder_input_tokens': np.ones((batch_size, t_in), np.int32),
+      'decoder_input_tokens': np.ones((batch_size, t_out), np.int32),
+      'decoder_target_tokens': np.ones((batch_size, t_out), np.int32),
+      'decoder_loss_weights': np.ones((batch_size, t_out), np.float32),
+  }
+
+
+def _params_only(variables):
+  return variables['params']
+
+
+@dataclasses.dataclass
+class ModelSetup:
+  """A model placed on a mesh: logical specs, parameter shardings, init and import.
+
+  Attributes:
+    model: the `EncoderDecoderModel`.
+    mesh: the `('data', 'model')` mesh.
+    rules: logical axis rules.
+    task_feature_lengths: `{'inputs': T, 'targets': L}`.
+    boxed_abstract_params: `jax.eval_shape` of init, `nn.Partitioned` leaves (logical names).
+    abstract_params: unboxed `ShapeDtypeStruct`s.
+    param_shardings: `NamedSharding` per parameter (unboxed structure).
+  """
+  model: models_lib.EncoderDecoderModel
+  mesh: jax.sharding.Mesh
+  rules: tuple[tuple[str, str | None], ...]
+  task_feature_lengths: dict[str, int]
+  boxed_abstract_params: Any
+  abstract_params: Any
+  param_shardings: Any
+
+  @classmethod
+  def create(cls, model: models_lib.EncoderDecoderModel, task_feature_lengths: Mapping[str, int],
+             mesh: jax.sharding.Mesh | None = None,
+             rules: Sequence[tuple[str, str | None]] = partitioning.LOGICAL_AXIS_RULES
+             ) -> 'ModelSetup':
+    mesh = mesh if mesh is not None else partitioning.create_mesh()
+    rules = tuple(rules)
+    prompt_config = model.network.prompt_config
+    if prompt_config is not None:
+      prompt_config.validate(max_input_length=int(task_feature_lengths['inputs']))
+    batch = dummy_batch(task_feature_lengths)
+    with partitioning.activate(mesh, rules):
+      boxed = jax.eval_shape(
+          lambda r: _params_only(model.network.init(
+              r, batch['encoder_input_tokens'], batch['decoder_input_tokens'],
+              batch['decoder_target_tokens'], enable_dropout=False)),
+          jax.random.PRNGKey(0))
+    shardings = partitioning.param_shardings(boxed, mesh, rules)
+    return cls(model=model, mesh=mesh, rules=rules,
+               task_feature_lengths=dict(task_feature_lengths),
+               boxed_abstract_params=boxed, abstract_params=nn.unbox(boxed),
+               param_shardings=shardings)
+
+  def activate(self):
+    """Mesh + rules context for tracing / running jitted model code."""
+    return partitioning.activate(self.mesh, self.rules)
+
+  def init_params(self, rng: jax.Array) -> Any:
+    """Freshly initialised parameters, created directly with their shardings."""
+    batch = dummy_batch(self.task_feature_lengths)
+    net = self.model.network
+
+    def init(r):
+      return nn.unbox(_params_only(net.init(
+          r, batch['encoder_input_tokens'], batch['decoder_input_tokens'],
+          batch['decoder_target_tokens'], enable_dropout=False)))
+
+    with self.activate():
+      return jax.jit(init, out_shardings=self.param_shardings)(rng)
+
+  def load_initial_params(self, params: Any, path: str, format: str,  # pylint: disable=redefined-builtin
+                          rng: jax.Array, reinit_prompts: bool = True) -> Any:
+    """Imports a pretrained checkpoint over `params` (partial: prompts/memory stay fresh).
+
+    Args:
+      params: freshly initialised parameters (kept for parameters absent from the
+        checkpoint: soft prompt, memory bank).
+      path: checkpoint directory (HF T5 dir, T5X `checkpoint_<step>` dir or an orbax run).
+      format: 'hf' | 't5x' | 'orbax'.
+      rng: key for re-sampling the prompts from the pretrained embedding.
+      reinit_prompts: after an 'hf' / 't5x' import (which never carry prompts), redraw
+        `sampled_vocab` prompts / memory from the *pretrained* embedding
+        (`prompts.init_prompts_from_embedding`). An 'orbax' spt_jax run keeps its own.
+
+    Raises:
+      FileNotFoundError: the path does not exist.
+      checkpoints.CheckpointMismatchError: a parameter is missing or its shape differs (the
+        message names it).
+    """
+    from etils import epath  # pylint: disable=g-import-not-at-top
+    if not epath.Path(path).exists():
+      raise FileNotFoundError(
+          f'INITIAL_CHECKPOINT_PATH={path!r} does not exist. Point it at a checkpoint directory '
+          "(format 'hf': a transformers T5 folder; 't5x': checkpoint_<step>; 'orbax': an "
+          'spt_jax MODEL_DIR) or set INITIAL_CHECKPOINT_PATH = None to train from scratch.')
+    restored = checkpoints.restore_params(path, format, params, shardings=self.param_shardings)
+    prompt_config = self.model.network.prompt_config
+    if (reinit_prompts and format != 'orbax' and prompt_config is not None
+        and prompt_config.prefix_length):
+      restored = prompts_lib.init_prompts_from_embedding(
+          restored, restored['token_embedder']['embedding'], prompt_config, rng)
+    return jax.tree.map(jax.device_put, restored, self.param_shardings)
+
+  def restore_params_from_run(self, model_dir: str, step: int | None = None) -> Any:
+    """Parameters of an spt_jax train run's checkpoint (latest unless `step`), on the mesh."""
+    from etils import epath  # pylint: disable=g-import-not-at-top
+    directory = epath.Path(model_dir) / 'checkpoints'
+    if step is None:
+      steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if (
+          directory.exists()) else []
+      if not steps:
+        raise FileNotFoundError(f'No checkpoint in {directory}; train first or pass a path.')
+      step = steps[-1]
+    found = checkpoints.load_orbax_params(directory / str(step))
+    checkpoints.check_params_match(self.abstract_params, found)
+    return jax.tree.map(lambda a, s: jax.device_put(np.asarray(a), s), found,
+                        self.param_shardings)
+
+
+# ------------------------------------------------------------------------------------------
+# Data.
+# ------------------------------------------------------------------------------------------
+def get_mixture_or_task(name: str):
+  """`seqio.get_mixture_or_task` with an error listing the closest registered names."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  names = sorted(set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names()))
+  if name not in names:
+    close = difflib.get_close_matches(name, names, n=5, cutoff=0.3)
+    hint = f'closest registered names: {close}' if close else (
+        f'{len(names)} registered, e.g. {names[:5]}')
+    raise ValueError(
+        f'Unknown task or mixture {name!r} ({hint}). Check MIXTURE_OR_TASK_NAME and that its '
+        'registry module is imported (an `import tasks.sample` line in the gin file).')
+  return seqio.get_mixture_or_task(name)
+
+
+def create_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
+                   global_batch_size: int, mesh: jax.sharding.Mesh, split: str = 'train',
+                   shuffle: bool = True, seed: int | None = 0, use_cached: bool = False,
+                   pack: bool = False, num_epochs: int | None = None,
+                   skip_batches: int = 0, input_sharding: str = 'shard_info',
+                   prompt_config: prompts_lib.PromptConfig | None = None,
+                   prefetch: int = 2) -> Iterator[dict[str, np.ndarray]]:
+  """Host-local numpy batches of the `EncDecFeatureConverter` output.
+
+  Args:
+    mixture_or_task_name: registered seqio task or mixture.
+    task_feature_lengths: `{'inputs': T, 'targets': L}`.
+    global_batch_size: rows per step over all processes.
+    mesh: the mesh (checks divisibility by the data-parallel size).
+    split, shuffle, seed, use_cached, num_epochs: as `seqio.get_dataset`; a fixed seed makes
+      the stream deterministic, which exact resume relies on.
+    pack: packing; must be False with prompts (they need one example per row).
+    skip_batches: global batches already consumed (resume position).
+    input_sharding: 'shard_info' — each process reads its own shard of the data
+      (`seqio.ShardInfo(process_index, process_count)`), the scalable default; or
+      'slice_global_batch' — each process reads the whole stream, batches it globally and
+      keeps its rows, so the global batches do not depend on the number of processes.
+    prompt_config: the model's prompt config (checked against `pack`).
+    prefetch: tf.data prefetch depth.
+
+  Yields:
+    dicts of `[global_batch_size / process_count, ...]` numpy arrays.
+  """
+  import seqio  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  if prompt_config is not None and prompt_config.prefix_length and pack:
+    raise ValueError('pack=True cannot be used with SPT / prompt-tuning prompts (each row must '
+                     'hold one example so its prompt is prepended once); set train.pack = False.')
+  local_batch = partitioning.host_local_batch_size(global_batch_size, mesh)
+  get_mixture_or_task(mixture_or_task_name)
+  nproc, pid = jax.process_count(), jax.process_index()
+  if input_sharding == 'shard_info':
+    shard_info = seqio.ShardInfo(index=pid, num_shards=nproc) if nproc > 1 else None
+  elif input_sharding == 'slice_global_batch':
+    shard_info = None
+  else:
+    raise ValueError(f"input_sharding={input_sharding!r}: use 'shard_info' or "
+                     "'slice_global_batch'.")
+  ds = seqio.get_dataset(
+      mixture_or_task_name, task_feature_lengths=dict(task_feature_lengths),
+      feature_converter=seqio.EncDecFeatureConverter(pack=pack), dataset_split=split,
+      use_cached=use_cached, shuffle=shuffle, num_epochs=num_epochs, shard_info=shard_info,
+      seed=seed, verbose=False)
+  if input_sharding == 'slice_global_batch':
+    ds = ds.batch(global_batch_size, drop_remainder=True)
+    ds = ds.map(lambda b: {k: v[pid * local_batch:(pid + 1) * local_batch] for k, v in b.items()})
+  else:
+    ds = ds.batch(local_batch, drop_remainder=True)
+  if skip_batches:
+    ds = ds.skip(skip_batches)
+  ds = ds.prefetch(prefetch if prefetch else tf.data.AUTOTUNE)
+  return ds.as_numpy_iterator()

@@ -1,0 +1,583 @@
+r"""Gin entry point: sharded training with orbax checkpoints, exact resume and preemption safety.
+
+Run (the README's local SPT run; a few hundred steps on CPU)::
+
+  python -m spt_jax.train --gin_search_paths=gin \
+    --gin_file=methods/spt.gin --gin_file=runs/local.gin --gin.MODEL_DIR="'/tmp/spt_local'"
+
+T5X-style macros (see gin/runs/train.gin): MIXTURE_OR_TASK_NAME, TASK_FEATURE_LENGTHS,
+TRAIN_STEPS, BATCH_SIZE, MODEL_DIR, INITIAL_CHECKPOINT_PATH (+ INITIAL_CHECKPOINT_FORMAT:
+hf | t5x | orbax), USE_CACHED_TASKS.
+
+What a run writes in MODEL_DIR: `checkpoints/<step>/` (orbax: train state + JSON metadata),
+TensorBoard event files and `metrics.jsonl` (one JSON object per step / summary, process 0
+only), `config.gin` (the operative gin config).
+
+Guarantees (tested in tests/test_train.py):
+* Exact resume: the state (params, optimizer state, step, RNG) is checkpointed and the input
+  position is the step (deterministic seqio stream, `skip(step)` on restart), so a run killed
+  and restarted ends bit-identical to an uninterrupted one.
+* SIGTERM (preemption): the current step is checkpointed and `train` returns normally (exit 0).
+* A non-finite loss stops the run with an error naming the step; it is detected before any
+  save, so the last checkpoint on disk is a good one.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app
+from absl import logging
+from etils import epath
+
+from spt_jax import models as models_lib
+from spt_jax import optim
+from spt_jax import partitioning
+from spt_jax import prompts as prompts_lib
+from spt_jax import runner
+from spt_jax import train_state as train_state_lib
+
+PartitionSpec = jax.sharding.PartitionSpec
+
+# Metrics of `loss_fn` that are sums over the batch (summed over microbatches).
+_SUM_METRICS = ('loss', 'cross_ent_loss', 'z_loss', 'correct_tokens', 'num_tokens',
+                'num_examples')
+
+# Peak dense FLOP/s per device (bf16 on accelerators; fp32 measured roofline on CPU), used
+# for the MFU estimate when `peak_flops_per_device` is not given. Substring of device_kind.
+PEAK_FLOPS_BY_DEVICE_KIND = (
+    ('TPU v6', 918e12), ('TPU v5p', 459e12), ('TPU v5 lite', 197e12), ('TPU v5e', 197e12),
+    ('TPU v5', 459e12), ('TPU v4', 275e12), ('TPU v3', 123e12), ('TPU v2', 45e12),
+    ('H200', 989e12), ('H100', 989e12), ('A100', 312e12), ('L4', 121e12),
+    ('cpu', 189e9),
+)
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The training loss became NaN or infinite."""
+
+
+# ------------------------------------------------------------------------------------------
+# FLOPs / MFU.
+# ------------------------------------------------------------------------------------------
+def model_flops_per_step(model: models_lib.EncoderDecoderModel, abstract_params: Any,
+                         batch_size: int, input_length: int, target_length: int) -> float:
+  """Training FLOPs of one step (forward + backward = 3 × forward), MaxText-style estimate.
+
+  Matmul FLOPs: 6 × (encoder kernel parameters × encoder positions + decoder kernel
+  parameters, logits projection included, × decoder positions); attention: 12 × layers ×
+  query positions × key positions × heads × head_dim for encoder self-, decoder self- and
+  cross-attention. Encoder positions include the prompt prefix. Counted whether or not a
+  parameter is frozen ("model FLOPs").
+  """
+  cfg = model.network.config
+  prefix = model.network.prompt_config.prefix_length if model.network.prompt_config else 0
+  enc_len = input_length + prefix
+  flat = optim.flatten_paths(abstract_params)
+  enc = sum(math.prod(a.shape) for k, a in flat.items()
+            if k.startswith('encoder/') and k.endswith('kernel'))
+  dec = sum(math.prod(a.shape) for k, a in flat.items()
+            if k.startswith('decoder/') and k.endswith('kernel'))
+  if cfg.logits_via_embedding:
+    dec += cfg.vocab_size * cfg.emb_dim
+  d_attn = cfg.num_heads * cfg.head_dim
+  attn = 12 * d_attn * (cfg.num_encoder_layers * enc_len * enc_len
+                        + cfg.num_decoder_layers * (target_length * target_length
+                                                    + target_length * enc_len))
+  return float(batch_size * (6 * (enc * enc_len + dec * target_length) + attn))
+
+
+def peak_flops(device: jax.Device | None = None) -> float:
+  """Peak FLOP/s of one device from `PEAK_FLOPS_BY_DEVICE_KIND` (CPU: measured fp32)."""
+  device = device or jax.devices()[0]
+  kind = f'{device.device_kind} {device.platform}'
+  for key, value in PEAK_FLOPS_BY_DEVICE_KIND:
+    if key.lower() in kind.lower():
+      return value
+  logging.warning('Unknown device kind %r; set train.peak_flops_per_device for MFU.', kind)
+  return float('nan')
+
+
+# ------------------------------------------------------------------------------------------
+# Writers.
+# ------------------------------------------------------------------------------------------
+class JsonlWriter:
+  """clu-style metric writer appending one JSON object per step to `<dir>/metrics.jsonl`.
+
+  Only scalars (and hparams, once, under step -1) are written; other summary kinds belong
+  to TensorBoard.
+  """
+
+  def __init__(self, directory: str, filename: str = 'metrics.jsonl'):
+    self._path = epath.Path(directory) / filename
+    self._fh = self._path.open('a')
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    record = {'step': int(step)}
+    record.update({k: float(v) for k, v in scalars.items()})
+    self._fh.write(json.dumps(record) + '\n')
+
+  def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+    self._fh.write(json.dumps({'step': -1, 'hparams': {k: str(v) for k, v in hparams.items()}})
+                   + '\n')
+
+  def flush(self) -> None:
+    self._fh.flush()
+
+  def close(self) -> None:
+    self._fh.close()
+
+
+class _Writers:
+  """TensorBoard (+ logging) and JSON lines on process 0; nothing elsewhere."""
+
+  def __init__(self, model_dir: str):
+    self._writers = []
+    if jax.process_index() == 0:
+      from clu import metric_writers  # pylint: disable=g-import-not-at-top
+      self._writers = [
+          metric_writers.SummaryWriter(os.fspath(model_dir)),
+          JsonlWriter(model_dir)]
+
+  def scalars(self, step: int, values: Mapping[str, Any]) -> None:
+    for w in self._writers:
+      w.write_scalars(step, values)
+
+  def hparams(self, values: Mapping[str, Any]) -> None:
+    for w in self._writers:
+      w.write_hparams(values)
+
+  def flush(self) -> None:
+    for w in self._writers:
+      w.flush()
+
+  def close(self) -> None:
+    for w in self._writers:
+      w.flush()
+      w.close()
+
+
+# ------------------------------------------------------------------------------------------
+# The train step.
+# ------------------------------------------------------------------------------------------
+def _split_microbatches(x: jax.Array, n: int) -> jax.Array:
+  """`[B, ...]` → `[n, B/n, ...]` taking every n-th row, so each device keeps its own rows."""
+  b = x.shape[0]
+  y = jnp.swapaxes(x.reshape((b // n, n) + x.shape[1:]), 0, 1)
+  return jax.lax.with_sharding_constraint(
+      y, PartitionSpec(None, partitioning.DATA_AXIS))
+
+
+def _combine_metrics(stacked: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+  """Per-microbatch metrics `[n, ...]` → one step's metrics."""
+  out = {}
+  for k, v in stacked.items():
+    if k in ('retrieval_indices', 'retrieval_scores'):
+      out[k] = v.reshape((-1,) + v.shape[2:])
+    elif k in _SUM_METRICS:
+      out[k] = jnp.sum(v, axis=0)
+    else:
+      out[k] = jnp.mean(v, axis=0)
+  if 'correct_tokens' in out and 'num_tokens' in out:
+    out['token_accuracy'] = out['correct_tokens'] / jnp.maximum(out['num_tokens'], 1.0)
+  return out
+
+
+def make_train_step(model: models_lib.EncoderDecoderModel, tx, mask: Any,
+                    schedule: optim.Schedule, num_microbatches: int = 1,
+                    sum_microbatch_grads: bool | None = None) -> Callable:
+  """`(state, batch) -> (state, metrics)`; pure, to be jitted with explicit shardings.
+
+  Dropout key of step s: `fold_in(state.rng, s)` (+ `fold_in(·, i)` for microbatch i), so a
+  resumed run draws the same masks. Microbatch gradients are summed when the model's loss is
+  a sum (T5X: `loss_normalizing_factor=None`) and averaged when it is normalised, so that
+  both equal the full-batch gradient.
+  """
+  if sum_microbatch_grads is None:
+    sum_microbatch_grads = model.loss_normalizing_factor is None
+  memory_size = model.network.prompt_config.memory_size if model.has_memory else 0
+
+  def grads_and_metrics(params, batch, rng):
+    grad_fn = jax.value_and_grad(model.loss_fn, has_aux=True)
+    (_, metrics), grads = grad_fn(params, batch, rng)
+    return grads, metrics
+
+  def step_fn(state: train_state_lib.TrainState, batch: Mapping[str, jax.Array]):
+    rng = jax.random.fold_in(state.rng, state.step)
+    if num_microbatches <= 1:
+      grads, metrics = grads_and_metrics(state.params, batch, rng)
+    else:
+      mbs = jax.tree.map(lambda x: _split_microbatches(x, num_microbatches), batch)
+
+      def body(acc, xs):
+        i, mb = xs
+        g, m = grads_and_metrics(state.params, mb, jax.random.fold_in(rng, i))
+        return jax.tree.map(jnp.add, acc, g), m
+
+      zeros = jax.tree.map(jnp.zeros_like, state.params)
+      grads, stacked = jax.lax.scan(body, zeros, (jnp.arange(num_microbatches), mbs))
+      if not sum_microbatch_grads:
+        grads = jax.tree.map(lambda g: g / num_microbatches, grads)
+      metrics = _combine_metrics(stacked)
+
+    grad_norm = optim.global_norm(grads, mask)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optim.apply_updates(state.params, updates, mask)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+
+    out = {k: v for k, v in metrics.items() if jnp.ndim(v) == 0}
+    out['grad_norm'] = grad_norm
+    out['learning_rate'] = schedule(state.step)
+    if memory_size and 'retrieval_indices' in metrics:
+      stats = prompts_lib.retrieval_statistics(metrics['retrieval_indices'], memory_size)
+      out['retrieval/entropy'] = stats['entropy']
+      out['retrieval/normalized_entropy'] = stats['normalized_entropy']
+      out['retrieval/batch_used_fraction'] = stats['batch_used_fraction']
+      out['retrieval/histogram'] = stats['histogram']
+      out['retrieval/mean_top_score'] = jnp.mean(metrics['retrieval_scores'][:, 0])
+    return new_state, out
+
+  return step_fn
+
+
+# ------------------------------------------------------------------------------------------
+# Preemption.
+# ------------------------------------------------------------------------------------------
+class _PreemptionWatcher:
+  """SIGTERM → save at the current step and stop (single process: a signal flag; several
+  processes: jax's preemption sync point, so all processes stop at the same step)."""
+
+  def __init__(self):
+    self._flag = False
+    self._previous = None
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning('SIGTERM received: will checkpoint at the end of the current step.')
+    self._flag = True
+
+  def reached(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      try:
+        from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+        return bool(multihost_utils.reached_preemption_sync_point(step))
+      except Exception:  # pylint: disable=broad-except  # no preemption service
+        return False
+    return self._flag
+
+  def close(self):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+# ------------------------------------------------------------------------------------------
+# train().
+# ------------------------------------------------------------------------------------------
+def _check_finite(window: Sequence[tuple[int, dict[str, float]]], ckpt, model_dir: str) -> None:
+  for step, values in window:
+    loss = values.get('loss')
+    if loss is not None and not math.isfinite(loss):
+      ckpt.wait()
+      last = ckpt.latest_step()
+      raise NonFiniteLossError(
+          f'Non-finite loss ({loss}) at step {step}; training stopped. The last good checkpoint '
+          f'(step {last}) in {model_dir}/checkpoints is kept. Lower the learning rate, enable '
+          'gradient clipping (train.grad_clip_norm) or check the input data.')
+
+
+def train(
+    *,
+    model_dir: str,
+    mixture_or_task_name: str,
+    task_feature_lengths: Mapping[str, int],
+    train_steps: int,
+    batch_size: int,
+    model: models_lib.EncoderDecoderModel | None = None,
+    optimizer: str = 'adafactor',
+    learning_rate: float = 1e-3,
+    learning_rate_schedule: optim.Schedule | None = None,
+    trainable: str | Sequence[str] = 'full',
+    grad_clip_norm: float | None = None,
+    num_microbatches: int = 1,
+    initial_checkpoint_path: str | None = None,
+    initial_checkpoint_format: str = 'hf',
+    init_prompts_from_embedding: bool = True,
+    use_cached_tasks: bool = False,
+    pack: bool = False,
+    shuffle: bool = True,
+    seed: int = 0,
+    input_sharding: str = 'shard_info',
+    num_partitions: int = 1,
+    mesh_shape: Sequence[int] | None = None,
+    activation_partitioning_dims: int = 1,
+    parameter_partitioning_dims: int = 1,
+    mesh: jax.sharding.Mesh | None = None,
+    save_every_steps: int = 1000,
+    keep_checkpoints: int | None = 3,
+    async_checkpointing: bool = True,
+    log_every_steps: int = 100,
+    peak_flops_per_device: float | None = None,
+    eval_hook_factory: Callable[[runner.ModelSetup], Callable[[Any, int], Mapping[str, float]]]
+    | None = None,
+    eval_every_steps: int = 0,
+    hooks: Sequence[Callable[[int, train_state_lib.TrainState], None]] = (),
+) -> dict[str, Any]:
+  """Trains (or resumes) a model on a seqio mixture; see the module docstring.
+
+  Args:
+    model_dir: where checkpoints, summaries and metrics.jsonl go (created; must be writable).
+    mixture_or_task_name: registered seqio task / mixture.
+    task_feature_lengths: `{'inputs': T, 'targets': L}`.
+    train_steps: total number of steps (a resumed run continues up to it).
+    batch_size: global batch size (divisible by the data-parallel size).
+    model: the `EncoderDecoderModel`; default `runner.create_model()` (gin-configured).
+    optimizer: 'adafactor' (T5) or 'adamw'.
+    learning_rate: constant rate when `learning_rate_schedule` is None.
+    learning_rate_schedule: step → lr (`optim.create_schedule`).
+    trainable: preset (`full`, `prompts_only`, `memory_only`, `soft_prompt_only`) or regexes.
+    grad_clip_norm: global-norm clipping of the trainable gradients (None: off).
+    num_microbatches: gradient accumulation over this many microbatches per step.
+    initial_checkpoint_path: pretrained checkpoint to start from (partial: prompts stay new).
+    initial_checkpoint_format: 'hf' | 't5x' | 'orbax'.
+    init_prompts_from_embedding: redraw sampled-vocab prompts from the imported embedding.
+    use_cached_tasks, pack, shuffle, seed, input_sharding: input pipeline (see
+      `runner.create_dataset`); `seed` also seeds init and dropout.
+    num_partitions, mesh_shape: mesh (`partitioning.create_mesh`); `mesh` overrides both.
+    activation_partitioning_dims, parameter_partitioning_dims: rule variant
+      (`partitioning.standard_logical_axis_rules`).
+    save_every_steps: periodic checkpoint interval (the final step is always saved).
+    keep_checkpoints: how many checkpoints to keep (None: all).
+    async_checkpointing: orbax writes in a background thread.
+    log_every_steps: summary / console interval; every step's scalars are written at it.
+    peak_flops_per_device: for MFU; default from the device kind.
+    eval_hook_factory: called once with the `ModelSetup`; returns `f(params, step) -> {name:
+      value}` run every `eval_every_steps` steps and at the end (e.g. from evaluate.py).
+    hooks: callables `(step, state)` run after every step (tests, custom actions).
+
+  Returns:
+    `{'state': final TrainState, 'step': int, 'history': [(step, {metric: float})],
+      'preempted': bool, 'model_dir': str}`.
+  """
+  model_dir = os.fspath(model_dir)
+  train_state_lib.check_writable(model_dir)
+  runner.get_mixture_or_task(mixture_or_task_name)
+  if mesh is None:
+    mesh = partitioning.create_mesh(num_partitions=num_partitions, mesh_shape=mesh_shape)
+  rules = partitioning.standard_logical_axis_rules(activation_partitioning_dims,
+                                                   parameter_partitioning_dims)
+  local_batch = partitioning.host_local_batch_size(batch_size, mesh)
+  dp = partitioning.data_parallel_size(mesh)
+  if num_microbatches > 1 and (batch_size // dp) % num_microbatches:
+    raise ValueError(
+        f'num_microbatches={num_microbatches} must divide the per-data-shard batch '
+        f'{batch_size // dp} (BATCH_SIZE={batch_size} / data-parallel size {dp}).')
+  if model is None:
+    model = runner.create_model()
+  if model.network.prompt_config is not None and model.network.prompt_config.prefix_length and (
+      pack):
+    raise ValueError('pack=True cannot be used with SPT / prompt-tuning prompts; set '
+                     'train.pack = False.')
+
+  setup = runner.ModelSetup.create(model, task_feature_lengths, mesh=mesh, rules=rules)
+  schedule = learning_rate_schedule or optim.constant_schedule(learning_rate)
+  tx, mask = optim.create_optimizer(setup.abstract_params, optimizer=optimizer,
+                                    learning_rate=schedule, trainable=trainable,
+                                    grad_clip_norm=grad_clip_norm)
+  abstract_opt = jax.eval_shape(tx.init, setup.abstract_params)
+  opt_shardings = partitioning.opt_state_shardings(abstract_opt, setup.abstract_params,
+                                                   setup.param_shardings, mesh)
+  rep = partitioning.replicated(mesh)
+  state_shardings = train_state_lib.TrainState(step=rep, params=setup.param_shardings,
+                                               opt_state=opt_shardings, rng=rep)
+  n_params = optim.count_params(setup.abstract_params)
+  n_train = optim.count_params(setup.abstract_params, mask)
+  logging.info('Mesh %s; %d parameters, %d trainable (%s).', dict(mesh.shape), n_params,
+               n_train, trainable)
+
+  ckpt = train_state_lib.Checkpointer(model_dir, save_every_steps=save_every_steps,
+                                      keep=keep_checkpoints, async_save=async_checkpointing)
+  latest = ckpt.latest_step()
+  if latest is not None:
+    abstract_state = train_state_lib.TrainState(
+        step=jax.ShapeDtypeStruct((), jnp.int32), params=setup.abstract_params,
+        opt_state=abstract_opt, rng=jax.ShapeDtypeStruct((2,), jnp.uint32))
+    state, meta = ckpt.restore(
+        train_state_lib.abstract_with_shardings(abstract_state, state_shardings))
+    logging.info('Resuming from checkpoint step %d in %s (%s)', latest, ckpt.directory, meta)
+  else:
+    init_rng, prompt_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed), 3)
+    params = setup.init_params(init_rng)
+    if initial_checkpoint_path:
+      params = setup.load_initial_params(params, initial_checkpoint_path,
+                                         initial_checkpoint_format, prompt_rng,
+                                         reinit_prompts=init_prompts_from_embedding)
+      logging.info('Initialised from %s (%s).', initial_checkpoint_path,
+                   initial_checkpoint_format)
+    with setup.activate():
+      opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
+    state = train_state_lib.TrainState(
+        step=jax.device_put(jnp.zeros((), jnp.int32), rep), params=params,
+        opt_state=opt_state, rng=jax.device_put(train_rng, rep))
+  start_step = int(jax.device_get(state.step))
+  result = {'state': state, 'step': start_step, 'history': [], 'preempted': False,
+            'model_dir': model_dir}
+  if start_step >= train_steps:
+    logging.info('Checkpoint step %d >= TRAIN_STEPS=%d: nothing to do.', start_step, train_steps)
+    ckpt.close()
+    return result
+
+  data = runner.create_dataset(
+      mixture_or_task_name, task_feature_lengths, batch_size, mesh, split='train',
+      shuffle=shuffle, seed=seed, use_cached=use_cached_tasks, pack=pack,
+      skip_batches=start_step, input_sharding=input_sharding,
+      prompt_config=model.network.prompt_config)
+
+  step_fn = make_train_step(model, tx, mask, schedule, num_microbatches)
+  batch_sharding = partitioning.batch_sharding(mesh)
+  p_step = jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding),
+                   out_shardings=(state_shardings, rep), donate_argnums=(0,))
+
+  eval_fn = eval_hook_factory(setup) if eval_hook_factory is not None else None
+  writers = _Writers(model_dir)
+  if start_step == 0:
+    writers.hparams({'mixture_or_task_name': mixture_or_task_name, 'batch_size': batch_size,
+                     'train_steps': train_steps, 'trainable': trainable,
+                     'optimizer': optimizer, 'mesh': dict(mesh.shape), 'num_params': n_params,
+                     'num_trainable_params': n_train, **dict(task_feature_lengths)})
+  t_in, t_out = int(task_feature_lengths['inputs']), int(task_feature_lengths['targets'])
+  tokens_per_step = batch_size * (t_in + t_out)
+  flops_per_step = model_flops_per_step(model, setup.abstract_params, batch_size, t_in, t_out)
+  peak = (peak_flops_per_device or peak_flops()) * mesh.size
+  usage = None
+  memory_size = model.network.prompt_config.memory_size if model.has_memory else 0
+
+  def write_window(window, seconds, steps):
+    nonlocal usage
+    for s, values in window:
+      hist = values.pop('retrieval/histogram', None)
+      if hist is not None:
+        usage = hist.astype(np.int64) if usage is None else usage + hist
+        values['retrieval/never_used_fraction'] = float(np.mean(usage == 0))
+      writers.scalars(s, values)
+    if steps and seconds > 0:
+      last_step, last = window[-1]
+      rate = {'perf/steps_per_sec': steps / seconds,
+              'perf/seqs_per_sec': steps * batch_size / seconds,
+              'perf/tokens_per_sec': steps * tokens_per_step / seconds,
+              'perf/mfu': steps * flops_per_step / seconds / peak}
+      writers.scalars(last_step, rate)
+      eta = (train_steps - last_step) / (steps / seconds)
+      logging.info('step %d/%d  loss %.4f  acc %.3f  %.0f tokens/s  MFU %.2f%%  ETA %s',
+                   last_step, train_steps, last.get('loss', float('nan')),
+                   last.get('token_accuracy', float('nan')), rate['perf/tokens_per_sec'],
+                   100 * rate['perf/mfu'], time.strftime('%H:%M:%S', time.gmtime(eta)))
+    writers.flush()
+
+  watcher = _PreemptionWatcher()
+  pending: list[tuple[int, Any]] = []
+  history: list[tuple[int, dict[str, float]]] = []
+  window_start, window_steps = None, 0
+  step = start_step
+  try:
+    with setup.activate():
+      while step < train_steps:
+        local = next(data)
+        batch = partitioning.shard_batch(local, mesh, batch_size)
+        state, metrics = p_step(state, batch)
+        step += 1
+        pending.append((step, metrics))
+        if window_start is None:  # Exclude compilation from throughput.
+          jax.block_until_ready(state.step)
+          window_start, window_steps = time.time(), 0
+        else:
+          window_steps += 1
+        for hook in hooks:
+          hook(step, state)
+        preempted = watcher.reached(step)
+        final = step == train_steps
+        flush = (step % max(log_every_steps, 1) == 0 or final or preempted
+                 or ckpt.should_save(step))
+        if flush:
+          fetched = [(s, {k: (np.asarray(v) if np.ndim(v) else float(v))
+                          for k, v in jax.device_get(m).items()}) for s, m in pending]
+          pending = []
+          _check_finite(fetched, ckpt, model_dir)
+          history.extend((s, {k: v for k, v in vals.items() if not isinstance(v, np.ndarray)})
+                         for s, vals in fetched)
+          now = time.time()
+          write_window(fetched, now - window_start, window_steps)
+          window_start, window_steps = now, 0
+        if ckpt.should_save(step) or final or preempted:
+          ckpt.save(state, {'mixture_or_task_name': mixture_or_task_name,
+                            'batch_size': batch_size, 'seed': seed})
+        if eval_fn is not None and ((eval_every_steps and step % eval_every_steps == 0)
+                                    or final):
+          results = eval_fn(state.params, step)
+          writers.scalars(step, {f'eval/{k}': v for k, v in results.items()})
+          writers.flush()
+        if preempted:
+          ckpt.wait()
+          logging.warning('Preempted: checkpoint of step %d saved in %s; exiting cleanly.',
+                          step, ckpt.directory)
+          result['preempted'] = True
+          break
+    ckpt.wait()
+  finally:
+    watcher.close()
+    writers.close()
+    ckpt.close()
+  result.update(state=state, step=step, history=history)
+  logging.info('Training stopped at step %d; checkpoints in %s, summaries and metrics.jsonl in %s',
+               step, ckpt.directory, model_dir)
+  return result
+
+
+# ------------------------------------------------------------------------------------------
+# Command line.
+# ------------------------------------------------------------------------------------------
+class _QuietLibraries:
+  """absl-handler filter: INFO chatter of orbax / tensorstore is dropped (warnings stay)."""
+
+  _NOISY = (f'{os.sep}orbax{os.sep}', f'{os.sep}tensorstore{os.sep}')
+
+  def filter(self, record) -> bool:
+    import logging as py_logging  # pylint: disable=g-import-not-at-top
+    return record.levelno >= py_logging.WARNING or not any(
+        n in record.pathname for n in self._NOISY)
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  import gin  # pylint: disable=g-import-not-at-top
+  from spt_jax import gin_configurables  # pylint: disable=g-import-not-at-top
+  runner.parse_gin(runner.GIN_FILE.value, runner.GIN_BINDINGS.value,
+                   runner.GIN_SEARCH_PATHS.value)
+  gin_configurables.initialize_distributed()
+  result = gin_configurables.train()
+  if jax.process_index() == 0:
+    epath.Path(result['model_dir'], 'config.gin').write_text(gin.operative_config_str())
+  logging.info('Done: step %d. Checkpoints: %s/checkpoints  Summaries: %s', result['step'],
+               result['model_dir'], result['model_dir'])
+
+
+def run() -> None:
+  """Console entry point: rewrites `--gin.X=Y` flags, then `absl.app.run(main)`."""
+  app.run(main, argv=runner.rewrite_gin_args(sys.argv))
+
+
+if __name__ == '__main__':
+  run()
