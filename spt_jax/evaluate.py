@@ -33,9 +33,13 @@ What it writes (process 0) in the output directory (EVAL_OUTPUT_DIR, default
 `spt_jax.results`), `accuracy_per_dataset.png`, for SPT `memory_slot_usage.png`, the
 operative `config.gin`, and seqio's per-task JSON logs under `seqio/`.
 
-Periodic evaluation while training: `train.eval_hook_factory = @evaluate.eval_hook_factory()`
-(with `evaluate.eval_hook_factory.mixture_or_task_name` and `.model_dir = %MODEL_DIR`) runs
-`Evaluation.run(params, step)` every `train.eval_every_steps` steps and at the end.
+Periodic evaluation while training: overlay `runs/periodic_eval.gin` on the training gin
+files; it binds `train.eval_hook_factory = @evaluate.eval_hook_factory()`, which runs
+`Evaluation.run(params, step)` every `train.eval_every_steps` steps and at the end, writing
+`MODEL_DIR/eval/step_<N>/` (the trainer logs the returned scalars as `eval/...`).
+
+The gin files of training leave train-only macros (MODEL_DIR, ...) `%gin.REQUIRED`; this
+entry point parses gin without finalizing so they need no value here.
 """
 from __future__ import annotations
 
@@ -507,7 +511,8 @@ def evaluate(
       `<run>/eval/step_<N>` beside an orbax `checkpoints/<N>` directory; required otherwise.
     split, batch_size, task_feature_lengths, num_examples, use_cached, seed: the eval data
       (`Evaluation`); task_feature_lengths None means the longest example.
-    model: default `runner.create_model()` (gin-configured like training).
+    model: the model; runs/eval.gin binds `@runner.create_model()` (configured by the same
+      model / method gin files as training). None: `runner.create_model()` defaults.
     num_partitions, mesh_shape, mesh: the device mesh (`partitioning.create_mesh`).
     length_normalize, decoding, num_decodes, alpha, metric: see `Evaluation`.
     init_seed: initialises prompt / memory parameters absent from an 'hf' / 't5x' checkpoint.
@@ -585,8 +590,11 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   import gin  # pylint: disable=g-import-not-at-top
+  # Not finalized: the training gin files passed for the model config leave train-only
+  # macros (MODEL_DIR, ...) %gin.REQUIRED, which evaluation never reads; this entry point's
+  # own required values are still checked when it is called.
   runner.parse_gin(runner.GIN_FILE.value, runner.GIN_BINDINGS.value,
-                   runner.GIN_SEARCH_PATHS.value)
+                   runner.GIN_SEARCH_PATHS.value, finalize=False)
   from spt_jax import gin_configurables  # pylint: disable=g-import-not-at-top
   gin_configurables.initialize_distributed()
   result = evaluate_configurable()

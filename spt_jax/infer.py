@@ -188,7 +188,8 @@ def infer(
     max_decode_length: decoded positions.
     decoding, num_decodes, alpha: `EncoderDecoderModel.predict_batch`.
     vocabulary_task, vocabulary_path: the vocabulary for `input_file` prompts.
-    model: default `runner.create_model()` (gin-configured like training).
+    model: the model; runs/infer.gin binds `@runner.create_model()` (configured by the same
+      model / method gin files as training). None: `runner.create_model()` defaults.
     num_partitions, mesh_shape, mesh: the device mesh.
     seed: sampling key (decoding='sample') and the init of parameters a 'hf'/'t5x'
       checkpoint lacks.
@@ -279,8 +280,11 @@ def _register_gin() -> None:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  # Not finalized: the training gin files passed for the model config leave train-only
+  # macros (MODEL_DIR, ...) %gin.REQUIRED, which evaluation never reads; this entry point's
+  # own required values are still checked when it is called.
   runner.parse_gin(runner.GIN_FILE.value, runner.GIN_BINDINGS.value,
-                   runner.GIN_SEARCH_PATHS.value)
+                   runner.GIN_SEARCH_PATHS.value, finalize=False)
   from spt_jax import gin_configurables  # pylint: disable=g-import-not-at-top
   gin_configurables.initialize_distributed()
   result = infer_configurable()

@@ -297,12 +297,16 @@ def test_eval_gin_binds_the_entry_point():
                       "EVAL_MIXTURE = 'spt_sample_heldout_score_eval'",
                       'EVAL_BATCH_SIZE = 16'], ['gin'], finalize=False)
     assert gin.query_parameter('evaluate.evaluate.checkpoint_path') is not None
+    # The model comes from the training gin files (SPT prompt config included).
+    assert gin.query_parameter('evaluate.evaluate.model').selector == 'runner.create_model'
+    assert gin.query_parameter('runner.create_model.prompt_config') is not None
     assert gin.query_parameter('%EVAL_MIXTURE') == 'spt_sample_heldout_score_eval'
     assert gin.query_parameter('%EVAL_BATCH_SIZE') == 16
     assert gin.query_parameter('%CHECKPOINT_FORMAT') == 'orbax'
     runner.parse_gin(['runs/infer.gin'], ["OUTPUT_FILE = '/tmp/p.jsonl'"], ['gin'],
                      finalize=False)
     assert gin.query_parameter('%DECODING') == 'greedy'
+    assert gin.query_parameter('infer.infer.model').selector == 'runner.create_model'
   finally:
     gin.clear_config()
 
