@@ -277,17 +277,28 @@ def _normalize(x: Array) -> Array:
 def _scores(query: Array, keys: Array, similarity: str) -> Array:
   """[B, d] x [M, d] -> [B, M] float32 similarity, one matmul.
 
-  Cosine scales the raw scores by 1/|K_m| instead of normalising K: that reads
-  the keys once for their norms but never writes a normalised [M, d] copy (for
-  M = 1M, d = 512 that copy is 2 GiB of traffic, as much as the matmul's own).
+  Cosine normalises the keys on CPU, where XLA fuses that into the matmul's
+  operand, and elsewhere scales the raw scores by 1/|K_m| instead, so no
+  normalised [M, d] copy of the keys is written (for M = 1M, d = 512 that copy
+  is as much memory traffic as the matmul's own; measured on an H100: retrieval
+  3.3 ms -> 2.5 ms). The two forms differ in the last float32 bit only; a
+  computation uses one of them everywhere, sharded or not.
   """
   if similarity == 'dot':
     return jnp.einsum('bd,md->bm', query, keys, preferred_element_type=jnp.float32)
   if similarity != 'cosine':
     raise ValueError(f'Unknown similarity {similarity!r}; use one of {_SIMILARITIES}.')
-  inv_norm = lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(keys), axis=-1), _NORM_EPS))
-  raw = jnp.einsum('bd,md->bm', _normalize(query), keys, preferred_element_type=jnp.float32)
-  return raw * inv_norm[None, :]
+  query = _normalize(query)
+
+  def normalized_keys(query, keys):
+    return jnp.einsum('bd,md->bm', query, _normalize(keys), preferred_element_type=jnp.float32)
+
+  def scaled_scores(query, keys):
+    inv_norm = lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(keys), axis=-1), _NORM_EPS))
+    raw = jnp.einsum('bd,md->bm', query, keys, preferred_element_type=jnp.float32)
+    return raw * inv_norm[None, :]
+
+  return lax.platform_dependent(query, keys, cpu=normalized_keys, default=scaled_scores)
 
 
 # The exact top-k below chunks rows of at least this many scores.
