@@ -204,3 +204,11 @@ def test_spt_model_output_under_mesh_equals_single_device(mesh_shape):
   np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4),
                got_grad, want_grad)
+
+
+def test_project_partitioning_rules_select_the_sharded_path():
+  from spt_jax import partitioning  # pylint: disable=g-import-not-at-top
+  mesh = partitioning.create_mesh(num_partitions=4)
+  with partitioning.activate(mesh, partitioning.LOGICAL_AXIS_RULES):
+    assert prompts.memory_mesh_axes(64) == ('model',)
+    assert prompts._batch_spec(8, ('model',)) == P(('data',))
