@@ -519,6 +519,7 @@ def train(
           now = time.time()
           write_window(fetched, now - window_start, window_steps)
           window_start, window_steps = now, 0
+        paused = time.time()  # Saving / evaluating is excluded from the throughput window.
         if ckpt.should_save(step) or final or preempted:
           ckpt.save(state, {'mixture_or_task_name': mixture_or_task_name,
                             'batch_size': batch_size, 'seed': seed})
@@ -527,6 +528,8 @@ def train(
           results = eval_fn(state.params, step)
           writers.scalars(step, {f'eval/{k}': v for k, v in results.items()})
           writers.flush()
+        if window_start is not None:
+          window_start += time.time() - paused
         if preempted:
           ckpt.wait()
           logging.warning('Preempted: checkpoint of step %d saved in %s; exiting cleanly.',

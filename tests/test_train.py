@@ -1,0 +1,393 @@
+"""Tests of the trainer (spt_jax.train, runner, train_state): end to end on CPU.
+
+In-process tests use a tiny SPT model on a copy task (tests/train_testlib.py); tests that
+need a real process boundary (SIGKILL, SIGTERM exit code, jax.distributed, the README
+command line) run subprocesses and are marked slow.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+import train_testlib as tl
+from spt_jax import checkpoints
+from spt_jax import optim
+from spt_jax import partitioning
+from spt_jax import runner
+from spt_jax import train
+from spt_jax import train_state as ts
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _task():
+  tl.register_task()
+
+
+def _one_device():
+  return partitioning.create_mesh(devices=jax.devices()[:1])
+
+
+def _losses(result):
+  return {s: m['loss'] for s, m in result['history']}
+
+
+def _final_params(model_dir, step):
+  return checkpoints.load_orbax_params(os.path.join(model_dir, 'checkpoints', str(step)))
+
+
+def _assert_trees_close(a, b, atol):
+  fa, fb = optim.flatten_paths(a), optim.flatten_paths(b)
+  assert fa.keys() == fb.keys()
+  for k in fa:
+    np.testing.assert_allclose(np.asarray(fa[k]), np.asarray(fb[k]), atol=atol, rtol=0, err_msg=k)
+
+
+# ------------------------------------------------------------------------------------------
+def test_end_to_end_loss_falls_writes_and_resumes(tmp_path):
+  model_dir = str(tmp_path / 'run')
+  kw = tl.reference_kwargs(model_dir, 30, dropout_rate=0.0)
+  kw.update(save_every_steps=10, log_every_steps=10)
+  seen = []
+
+  def eval_hook_factory(setup):
+    assert isinstance(setup, runner.ModelSetup)
+
+    def evaluate(params, step):
+      seen.append(step)
+      return {'param_norm': float(optim.global_norm(params))}
+    return evaluate
+
+  result = train.train(mesh=_one_device(), eval_hook_factory=eval_hook_factory,
+                       eval_every_steps=15, **kw)
+  assert seen == [15, 30]
+  losses = _losses(result)
+  assert sorted(losses) == list(range(1, 31))
+  assert np.mean([losses[s] for s in range(26, 31)]) < 0.5 * np.mean(
+      [losses[s] for s in range(1, 6)])
+  assert sorted(os.listdir(os.path.join(model_dir, 'checkpoints'))) == ['10', '20', '30']
+  assert any(f.startswith('events.out.tfevents') for f in os.listdir(model_dir))
+  records = tl.read_metrics(model_dir)
+  assert sorted(records) == list(range(1, 31))
+  with open(os.path.join(model_dir, 'metrics.jsonl')) as f:
+    evals = [json.loads(line) for line in f if 'eval/param_norm' in line]
+  assert [r['step'] for r in evals] == [15, 30]
+  for key in ('loss', 'token_accuracy', 'learning_rate', 'grad_norm',
+              'retrieval/normalized_entropy', 'retrieval/never_used_fraction'):
+    assert key in records[30], key
+  with open(os.path.join(model_dir, 'metrics.jsonl')) as f:
+    perf = [json.loads(line) for line in f if 'perf/tokens_per_sec' in line]
+  assert perf and all(r['perf/tokens_per_sec'] > 0 and 'perf/mfu' in r for r in perf)
+  # A second invocation with more steps resumes from step 30.
+  kw.update(train_steps=35)
+  again = train.train(mesh=_one_device(), **kw)
+  assert [s for s, _ in again['history']] == [31, 32, 33, 34, 35]
+  # Nothing to do once TRAIN_STEPS is reached.
+  done = train.train(mesh=_one_device(), **kw)
+  assert done['step'] == 35 and not done['history']
+
+
+def test_mesh_equivalence(tmp_path):
+  """20 steps, dropout off, float32: 1 device == (4 data x 2 model) == (2 x 4)."""
+  runs = {}
+  for name, mesh in (('1', _one_device()),
+                     ('4x2', partitioning.create_mesh(mesh_shape=(4, 2))),
+                     ('2x4', partitioning.create_mesh(mesh_shape=(2, 4)))):
+    kw = tl.reference_kwargs(str(tmp_path / name), 20, dropout_rate=0.0)
+    kw.update(save_every_steps=0, log_every_steps=20)
+    runs[name] = train.train(mesh=mesh, **kw)
+  ref = _losses(runs['1'])
+  for name in ('4x2', '2x4'):
+    got = _losses(runs[name])
+    for s in range(1, 21):
+      assert got[s] == pytest.approx(ref[s], rel=1e-5, abs=1e-5), (name, s)
+    per_tok = {s: m['cross_ent_loss_per_token'] for s, m in runs[name]['history']}
+    ref_tok = {s: m['cross_ent_loss_per_token'] for s, m in runs['1']['history']}
+    for s in range(1, 21):
+      assert abs(per_tok[s] - ref_tok[s]) < 1e-5, (name, s)
+
+
+class _Crash(Exception):
+  pass
+
+
+def test_exact_resume_after_crash_in_process(tmp_path):
+  """A crash (no clean-up save) after step 12, restart to 20 == uninterrupted, with dropout."""
+  a = train.train(mesh=_one_device(), **tl.reference_kwargs(str(tmp_path / 'a'), 20))
+
+  def crash(step, state):
+    del state
+    if step == 12:
+      raise _Crash()
+
+  b_dir = str(tmp_path / 'b')
+  with pytest.raises(_Crash):
+    train.train(mesh=_one_device(), hooks=[crash], **tl.reference_kwargs(b_dir, 20))
+  assert ts.Checkpointer(b_dir).latest_step() == 10
+  b = train.train(mesh=_one_device(), **tl.reference_kwargs(b_dir, 20))
+  assert [s for s, _ in b['history']] == list(range(11, 21))
+  la, lb = _losses(a), _losses(b)
+  for s in range(13, 21):
+    assert la[s] == lb[s], s
+  _assert_trees_close(jax.device_get(a['state'].params), jax.device_get(b['state'].params), 1e-6)
+
+
+def test_sigterm_in_process_saves_current_step_and_resumes(tmp_path):
+  model_dir = str(tmp_path / 'run')
+
+  def preempt(step, state):
+    del state
+    if step == 7:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  r = train.train(mesh=_one_device(), hooks=[preempt], **tl.reference_kwargs(model_dir, 12))
+  assert r['preempted'] and r['step'] == 7
+  assert ts.Checkpointer(model_dir).latest_step() == 7
+  assert signal.getsignal(signal.SIGTERM) is not None  # handler restored
+  again = train.train(mesh=_one_device(), **tl.reference_kwargs(model_dir, 12))
+  assert [s for s, _ in again['history']] == [8, 9, 10, 11, 12]
+
+
+def test_microbatching_matches_full_batch(tmp_path):
+  out = {}
+  for n in (1, 2):
+    kw = tl.reference_kwargs(str(tmp_path / f'mb{n}'), 3, dropout_rate=0.0)
+    kw.update(save_every_steps=0, num_microbatches=n)
+    out[n] = train.train(mesh=partitioning.create_mesh(mesh_shape=(2, 1),
+                                                       devices=jax.devices()[:2]), **kw)
+  for s in (1, 2, 3):
+    assert _losses(out[2])[s] == pytest.approx(_losses(out[1])[s], rel=1e-5)
+  _assert_trees_close(jax.device_get(out[1]['state'].params),
+                      jax.device_get(out[2]['state'].params), 1e-5)
+  with pytest.raises(ValueError, match='num_microbatches=3 must divide'):
+    train.train(mesh=_one_device(), **dict(tl.reference_kwargs(str(tmp_path / 'x'), 1),
+                                           num_microbatches=3))
+
+
+def test_initial_checkpoint_orbax_partial_restore(tmp_path):
+  """A plain-T5 run initialises an SPT run: backbone copied, prompts / memory fresh."""
+  src = str(tmp_path / 'src')
+  kw = tl.reference_kwargs(src, 2, dropout_rate=0.0)
+  kw['model'] = tl.tiny_model(prompt_config=None)
+  train.train(mesh=_one_device(), **kw)
+  backbone = _final_params(src, 2)
+  dst = str(tmp_path / 'dst')
+  kw = tl.reference_kwargs(dst, 1, dropout_rate=0.0)
+  kw.update(initial_checkpoint_path=src, initial_checkpoint_format='orbax',
+            learning_rate=0.0)
+  r = train.train(mesh=_one_device(), **kw)
+  got = jax.device_get(r['state'].params)
+  np.testing.assert_array_equal(got['decoder']['logits_dense']['kernel'],
+                                backbone['decoder']['logits_dense']['kernel'])
+  assert 'memory_bank' in got['encoder'] and 'memory_bank' not in backbone['encoder']
+
+
+def test_bad_inputs(tmp_path):
+  kw = tl.reference_kwargs(str(tmp_path / 'bad'), 3, dropout_rate=0.0)
+  # Unknown task: the closest registered names are listed.
+  with pytest.raises(ValueError, match="closest registered names: \\['spt_trainer_test_copy'"):
+    train.train(mesh=_one_device(), **dict(kw, mixture_or_task_name='spt_trainer_test_cpy'))
+  # Batch size not divisible by the data-parallel size.
+  with pytest.raises(ValueError, match='BATCH_SIZE=6 is not divisible by the data-parallel size 4'):
+    train.train(mesh=partitioning.create_mesh(mesh_shape=(4, 2)), **dict(kw, batch_size=6))
+  # Missing initial checkpoint.
+  with pytest.raises(FileNotFoundError, match='INITIAL_CHECKPOINT_PATH'):
+    train.train(mesh=_one_device(), **dict(kw, initial_checkpoint_path=str(tmp_path / 'nope'),
+                                           initial_checkpoint_format='orbax'))
+  # Initial checkpoint with mismatched shapes: the parameter is named.
+  src = str(tmp_path / 'wide')
+  train.train(mesh=_one_device(), **dict(tl.reference_kwargs(src, 1), model=tl.tiny_model(
+      mlp_dim=96)))
+  with pytest.raises(checkpoints.CheckpointMismatchError, match='wi_0/kernel'):
+    train.train(mesh=_one_device(), **dict(kw, model_dir=str(tmp_path / 'b2'),
+                                           initial_checkpoint_path=src,
+                                           initial_checkpoint_format='orbax'))
+  # MODEL_DIR not writable (a path below a regular file).
+  blocker = tmp_path / 'file'
+  blocker.write_text('x')
+  with pytest.raises(PermissionError, match='MODEL_DIR=.*not writable'):
+    train.train(mesh=_one_device(), **dict(kw, model_dir=str(blocker / 'run')))
+  # Packing with prompts.
+  with pytest.raises(ValueError, match='pack=True cannot be used'):
+    train.train(mesh=_one_device(), **dict(kw, model_dir=str(tmp_path / 'p'), pack=True))
+  # Unknown gin binding.
+  import gin  # pylint: disable=g-import-not-at-top
+  with gin.unlock_config():
+    gin.clear_config()
+  with pytest.raises(ValueError, match='batch_sise'):
+    runner.parse_gin(gin_bindings=['train.batch_sise = 3'], finalize=False)
+  with gin.unlock_config():
+    gin.clear_config()
+
+
+def test_nan_loss_stops_naming_step_and_keeps_good_checkpoint(tmp_path):
+  model_dir = str(tmp_path / 'nan')
+  kw = tl.reference_kwargs(model_dir, 12, dropout_rate=0.0)
+  kw['learning_rate_schedule'] = lambda step: np.float32(1e-2) * (
+      1.0 + jax.numpy.where(step >= 6, jax.numpy.nan, 0.0))
+  with pytest.raises(train.NonFiniteLossError, match='at step 8;.*last good checkpoint \\(step 5\\)'):
+    train.train(mesh=_one_device(), **kw)
+  assert ts.Checkpointer(model_dir).all_steps() == [5]
+  params = _final_params(model_dir, 5)
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+def test_gin_configs_parse_and_bind_trainer():
+  import gin  # pylint: disable=g-import-not-at-top
+  from spt_jax import gin_configurables  # pylint: disable=g-import-not-at-top
+  for method, prompt_len, trainable in (('spt', 20, 'full'), ('prompt_tuning', 100,
+                                                               'prompts_only'),
+                                        ('finetune', None, 'full')):
+    with gin.unlock_config():
+      gin.clear_config()
+    runner.parse_gin([f'methods/{method}.gin', 'runs/local.gin'],
+                     ["MODEL_DIR = '/tmp/unused'"], ['gin'], finalize=False)
+    assert gin.query_parameter('train.trainable') == trainable
+    assert gin.query_parameter('MIXTURE_OR_TASK_NAME') == 'spt_sample_train'
+    model = gin_configurables.create_model()
+    assert model.network.config.emb_dim == 64 and model.network.config.num_encoder_layers == 2
+    pc = model.network.prompt_config
+    assert (pc.soft_prompt_length if pc else None) == prompt_len
+  for size, d in (('small', 512), ('base', 768), ('large', 1024), ('xl', 2048), ('xxl', 4096)):
+    with gin.unlock_config():
+      gin.clear_config()
+    runner.parse_gin([f'models/t5_1_1_{size}.gin'], [], ['gin'], finalize=False)
+    assert gin_configurables.create_model().network.config.emb_dim == d
+  with gin.unlock_config():
+    gin.clear_config()
+
+
+def test_rewrite_gin_args_and_flops():
+  assert runner.rewrite_gin_args(['x', "--gin.MODEL_DIR='/a=b'", '--gin_file=f']) == [
+      'x', "--gin_bindings=MODEL_DIR = '/a=b'", '--gin_file=f']
+  model = tl.tiny_model(prompt_config=None)
+  setup = runner.ModelSetup.create(model, tl.FEATURE_LENGTHS, mesh=_one_device())
+  flops = train.model_flops_per_step(model, setup.abstract_params, 8, 16, 8)
+  kernels = sum(int(np.prod(v.shape)) for k, v in optim.flatten_paths(
+      setup.abstract_params).items() if k.endswith('kernel'))
+  # Between 6 * N * tokens(min length) and 6 * N * tokens(max length) plus attention.
+  assert 6 * kernels * 8 * 8 < flops < 6 * kernels * 8 * 16 * 2
+
+
+# ------------------------------------------------------------------------------------------
+# Subprocess tests.
+# ------------------------------------------------------------------------------------------
+def _env(**extra):
+  env = dict(os.environ)
+  env['PYTHONPATH'] = os.pathsep.join([ROOT, os.path.join(ROOT, 'tests'),
+                                       env.get('PYTHONPATH', '')])
+  env.update(extra)
+  return env
+
+
+def _wait_for_step(proc, model_dir, step, timeout=300):
+  path = os.path.join(model_dir, 'metrics.jsonl')
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if proc.poll() is not None:
+      raise AssertionError(f'training exited early with {proc.returncode}')
+    if os.path.exists(path) and max(tl.read_metrics(model_dir) or [0]) >= step:
+      return
+    time.sleep(0.05)
+  proc.kill()
+  raise AssertionError(f'step {step} not reached in {timeout}s')
+
+
+def _testlib_cmd(model_dir, steps, *extra):
+  return [sys.executable, os.path.join(ROOT, 'tests', 'train_testlib.py'), model_dir,
+          str(steps), *extra]
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_is_exact(tmp_path):
+  a = train.train(mesh=_one_device(), **tl.reference_kwargs(str(tmp_path / 'a'), 20))
+  b_dir = str(tmp_path / 'b')
+  proc = subprocess.Popen(_testlib_cmd(b_dir, 20), env=_env(), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  _wait_for_step(proc, b_dir, 12)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  killed_at = max(tl.read_metrics(b_dir))
+  assert killed_at >= 12
+  subprocess.run(_testlib_cmd(b_dir, 20), env=_env(), check=True, capture_output=True)
+  b_losses = {s: r['loss'] for s, r in tl.read_metrics(b_dir).items()}
+  for s in range(13, 21):
+    assert b_losses[s] == _losses(a)[s], s
+  _assert_trees_close(jax.device_get(a['state'].params), _final_params(b_dir, 20), 1e-6)
+
+
+@pytest.mark.slow
+def test_sigterm_subprocess_exits_zero_and_resumes(tmp_path):
+  model_dir = str(tmp_path / 'run')
+  proc = subprocess.Popen(_testlib_cmd(model_dir, 400), env=_env(), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE)
+  _wait_for_step(proc, model_dir, 6)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err[-3000:]
+  last = max(tl.read_metrics(model_dir))
+  assert ts.Checkpointer(model_dir).latest_step() == last
+  out = subprocess.run(_testlib_cmd(model_dir, last + 2), env=_env(), capture_output=True,
+                       text=True)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert f'Resuming from checkpoint step {last}' in out.stderr
+  assert max(tl.read_metrics(model_dir)) == last + 2
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(tmp_path):
+  """jax.distributed on localhost (gloo): 2 processes x 2 devices == 1 process x 4 devices."""
+  ref = train.train(
+      mesh=partitioning.create_mesh(mesh_shape=(4, 1), devices=jax.devices()[:4]),
+      **dict(tl.reference_kwargs(str(tmp_path / 'one'), 10, dropout_rate=0.0),
+             input_sharding='slice_global_batch'))
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  model_dir = str(tmp_path / 'two')
+  procs = []
+  for pid in range(2):
+    env = _env(XLA_FLAGS='--xla_force_host_platform_device_count=2', JAX_PLATFORMS='cpu',
+               JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}', JAX_NUM_PROCESSES='2',
+               JAX_PROCESS_ID=str(pid))
+    procs.append(subprocess.Popen(
+        _testlib_cmd(model_dir, 10, 'distributed=True', 'dropout_rate=0.0',
+                     "input_sharding='slice_global_batch'"),
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+  for p in procs:
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-3000:]
+  got = {s: r['loss'] for s, r in tl.read_metrics(model_dir).items()}
+  want = _losses(ref)
+  assert sorted(got) == list(range(1, 11))
+  for s in range(1, 11):
+    assert got[s] == pytest.approx(want[s], rel=1e-5), s
+  _assert_trees_close(jax.device_get(ref['state'].params), _final_params(model_dir, 10), 1e-5)
+
+
+@pytest.mark.slow
+def test_readme_local_spt_run_command_line(tmp_path):
+  """The README's command (methods/spt.gin + runs/local.gin), shortened to 40 steps."""
+  model_dir = str(tmp_path / 'local')
+  cmd = [sys.executable, '-m', 'spt_jax.train', '--gin_search_paths=gin',
+         '--gin_file=methods/spt.gin', '--gin_file=runs/local.gin',
+         f"--gin.MODEL_DIR='{model_dir}'", '--gin.TRAIN_STEPS=40',
+         '--gin.train.log_every_steps=10', '--gin.train.save_every_steps=20']
+  out = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  records = tl.read_metrics(model_dir)
+  assert sorted(records) == list(range(1, 41))
+  first = np.mean([records[s]['cross_ent_loss_per_token'] for s in range(1, 6)])
+  last = np.mean([records[s]['cross_ent_loss_per_token'] for s in range(36, 41)])
+  assert last < first
+  assert sorted(os.listdir(os.path.join(model_dir, 'checkpoints'))) == ['20', '40']
+  assert os.path.exists(os.path.join(model_dir, 'config.gin'))
+  assert 'step 40/40' in out.stderr
