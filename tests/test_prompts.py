@@ -115,21 +115,22 @@ def test_retrieve_top_k_ties_break_by_lower_index(similarity):
 
 
 @pytest.mark.parametrize('num,k', [(4096, 4), (2048, 8), (256, 1), (300, 3)])
-def test_top_k_rows_equals_lax_top_k_exactly(num, k):
+def test_top_k_rows_is_exact_with_ties_by_lower_index(num, k):
   rng = np.random.RandomState(num + k)
   scores = rng.randn(6, num).astype(np.float32)
   scores[1] = np.round(scores[1])          # massive ties
   scores[2] = 0.
-  scores[2, rng.rand(num) < 0.5] = -0.     # -0 sorts below +0 in XLA's TopK
+  scores[2, rng.rand(num) < 0.5] = -0.     # -0 and +0 are equal (XLA's TopK alone differs)
   scores[3, [7, 900 % num, num - 1]] = np.inf
-  scores[4, [5, 77]] = np.nan
+  scores[4, [5, 77]] = -np.inf
   scores[5] = scores[5, 0]                 # all equal
-  got = jax.jit(prompts.top_k_rows, static_argnums=1)(scores, k)
-  want = jax.jit(jax.lax.top_k, static_argnums=1)(scores, k)
-  np.testing.assert_array_equal(got[1], want[1])
-  np.testing.assert_array_equal(got[0], want[0])
-  _, idx = _np_retrieve(scores[:2], np.eye(num, dtype=np.float32), k, 'dot')
-  np.testing.assert_array_equal(got[1][:2], idx)
+  values, idx = jax.jit(prompts.top_k_rows, static_argnums=1)(scores, k)
+  want_idx = np.argsort(-scores, axis=1, kind='stable')[:, :k]
+  np.testing.assert_array_equal(idx, want_idx)
+  np.testing.assert_array_equal(values, np.take_along_axis(scores, want_idx, axis=1))
+  np.testing.assert_array_equal(idx[2], np.arange(k))
+  canonical = np.where(scores == 0, np.float32(0), scores)
+  np.testing.assert_array_equal(idx, jax.lax.top_k(canonical, k)[1])
 
 
 def test_retrieve_top_k_large_memory_matches_numpy():
