@@ -49,6 +49,7 @@ _REGISTRY_BY_PREFIX = (
     ('spt_glue', 'tasks.glue'),
     ('spt_t0', 'tasks.t0'),
     ('spt_p3', 'tasks.p3'),
+    ('p3_', 'tasks.p3'),
 )
 # Tried in this order when the prefix says nothing (a bare T0 task name, say).
 _ALL_REGISTRIES = ('tasks.sample', 'tasks.heldout', 'tasks.t0', 'tasks.glue',
@@ -71,10 +72,10 @@ def ensure_registered(mixture_or_task_name: str) -> bool:
   """Imports the registry module(s) that may define `mixture_or_task_name`.
 
   A name with a known prefix (`spt_sample_…`, `sample_…` → tasks.sample, `spt_heldout…` →
-  tasks.heldout, ...) imports that module only; any other name (a bare T0 task name, say)
-  imports every registry module in turn until it is found (importing tasks.t0 registers every
-  T0 task: tens of seconds). A module that fails to import is logged and skipped (the
-  caller's "unknown task" error then lists close names).
+  tasks.heldout, `spt_p3…`, `p3_…` → tasks.p3, ...) imports that module only; any other
+  name (a bare T0 task name, say) imports every registry module in turn until it is found
+  (importing tasks.t0 registers every T0 task: tens of seconds). A module that fails to
+  import is logged and skipped (the caller's "unknown task" error then lists close names).
 
   Returns:
     Whether the name is registered afterwards.

@@ -1,4 +1,6 @@
-"""tasks.p3: reading bigscience P3's pre-rendered layout from a directory the test writes."""
+"""tasks.p3: P3's layout from a directory the test writes, registration with and without
+it, and P3's size table (shared data, via a fixture) against our task names and train sizes.
+"""
 import json
 import os
 import pathlib
@@ -20,6 +22,11 @@ from tasks import heldout  # noqa: E402
 from tasks import p3  # noqa: E402
 from tasks import sources  # noqa: E402
 from tasks import t0  # noqa: E402
+
+# The registration importing tasks.p3 made (by name, unless SPT_P3_DIR was set).
+_IMPORT_DATA_DIR = p3.configured_data_dir()
+SHARED_DATA = pathlib.Path(os.environ.get(
+    'SPT_SHARED_DATA', pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'data'))
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -145,33 +152,145 @@ def test_empty_split_yields_nothing_with_the_task_features(p3_root):
   assert len(_get('p3_' + WITH_EMPTY_SPLIT, 'train')) == 1
 
 
-def test_registration_and_mixtures_need_no_data(monkeypatch):
+@pytest.fixture
+def restore_registration():
+  """Puts back the registration the import made, after a test re-registers."""
+  yield
+  p3.register(_IMPORT_DATA_DIR)
+
+
+def test_registration_from_a_p3_directory(p3_root, restore_registration):
+  del restore_registration
+  # An interrupted download: stats but no COMPLETED marker; it must be ignored.
+  half = p3_root / 'data' / 'super_glue_cb_can_we_infer'
+  half.mkdir()
+  (half / 'stats.validation.json').write_text('{"examples": 56}\n')
+  assert p3.configured_data_dir() == str(p3_root / 'data')
+  names = p3.register(p3.configured_data_dir())
+  assert names == sorted(p3.PREFIX + t for t in (ORDINARY, SCORE_EVAL, WITH_EMPTY_SPLIT))
+  registered = set(seqio.TaskRegistry.names())
+  assert not any(n.startswith('p3_story_cloze') for n in registered)  # by-name tasks dropped
+  assert 'p3_super_glue_cb_can_we_infer' not in registered
+  task = seqio.get_mixture_or_task(p3.PREFIX + ORDINARY)
+  assert sorted(task.splits) == ['train', 'validation']
+  assert task.num_input_examples('validation') == 2 and task.num_input_examples('train') == 1
+  empty = seqio.get_mixture_or_task(p3.PREFIX + WITH_EMPTY_SPLIT)
+  assert empty.num_input_examples('test') == 0
+  assert len(_get(p3.PREFIX + ORDINARY, 'validation')) == 2
+  # Mixtures hold what the directory has: one training template (a dataset with one
+  # template present gets the uncapped size as its rate), one scored held-out task.
+  mixture = seqio.get_mixture_or_task(p3.P3_T0_TRAIN_MIXTURE)
+  rates = {t.name: mixture.get_rate(t) for t in mixture.tasks}
+  assert rates == {p3.PREFIX + WITH_EMPTY_SPLIT:
+                   float(sources.get_spec('adversarial_qa/dbert').train_size)}
+  held = seqio.get_mixture_or_task(p3.P3_HELDOUT_MIXTURE)
+  assert [t.name for t in held.tasks] == [p3.PREFIX + SCORE_EVAL]
+
+
+def test_a_directory_without_completed_tasks_falls_back_to_names(tmp_path,
+                                                                 restore_registration):
+  del restore_registration
+  (tmp_path / 'data' / ORDINARY).mkdir(parents=True)  # no COMPLETED
+  names = p3.register(str(tmp_path / 'data'))
+  assert p3.PREFIX + 'story_cloze_2016_Answer_Given_options' in names
+  assert seqio.get_mixture_or_task(p3.PREFIX + ORDINARY).num_input_examples('train') is None
+
+
+def test_configured_data_dir(monkeypatch, tmp_path):
   monkeypatch.delenv('SPT_P3_DIR', raising=False)
-  sizes = p3.load_split_sizes()
-  assert len(sizes) == 660 and sum(t.endswith('_score_eval') for t in sizes) == 116
-  task = seqio.get_mixture_or_task('p3_' + ORDINARY)
-  assert task.num_input_examples('validation') == 56
-  # The P3 training mixture mirrors spt_t0_train's tasks and rates.
+  assert p3.configured_data_dir() is None
+  monkeypatch.setenv('SPT_P3_DIR', str(tmp_path / 'nope'))
+  assert p3.configured_data_dir() is None  # logged, not raised: the import must not fail
+  monkeypatch.setenv('SPT_P3_DIR', str(tmp_path))  # a root without data/ is the data folder
+  assert p3.configured_data_dir() == str(tmp_path)
+
+
+def test_registration_by_name_needs_no_disk(p3_root, monkeypatch, restore_registration):
+  del restore_registration
+
+  def no_disk(*args, **kwargs):
+    raise AssertionError(f'P3 registration by name touched the disk: {args}')
+
+  with monkeypatch.context() as m:
+    for fn in ('glob', 'GFile', 'isdir', 'exists', 'listdir'):
+      m.setattr(tf.io.gfile, fn, no_disk)
+    names = set(p3.register(None))
+  train_names = {n for s in sources.specs_with_role('train') for n in t0.task_names(s)}
+  held_names = {n for s in heldout.heldout_specs()
+                for n in t0.task_names(s) + t0.task_names(s, score_eval=True)}
+  assert names == {p3.PREFIX + n for n in train_names | held_names}
+  assert not any(n.endswith(p3.SCORE_EVAL_SUFFIX) for n in train_names)
+  task = seqio.get_mixture_or_task(p3.PREFIX + ORDINARY)
+  assert task.num_input_examples('validation') is None
+  wiki_bio = seqio.get_mixture_or_task('p3_wiki_bio_who')
+  assert 'val' in wiki_bio.splits  # P3 names wiki_bio's validation split as HF does
+  # The P3 training mixture is spt_t0_train's twin: same tasks, same rates.
   ours = seqio.get_mixture_or_task('spt_t0_train')
   ours_rates = {t.name: ours.get_rate(t) for t in ours.tasks}
   mixture = seqio.get_mixture_or_task(p3.P3_T0_TRAIN_MIXTURE)
   p3_rates = {t.name[len(p3.PREFIX):]: mixture.get_rate(t) for t in mixture.tasks}
-  # Same names: every one of our 313 training tasks has its P3 folder.
-  assert set(p3_rates) == set(ours_rates)
-  assert all(p3_rates[t] == ours_rates[t] for t in p3_rates
-             if sources.get_spec(_spec_key(t)).train_size <= 500_000)
+  assert p3_rates == ours_rates
+  # The held-out mixture: ours without StoryCloze, which P3 lacks.
   held = {t.name for t in seqio.get_mixture_or_task(p3.P3_HELDOUT_MIXTURE).tasks}
-  assert 'p3_' + SCORE_EVAL in held
-  assert not any('story_cloze' in t for t in held)  # not in P3
   ours_held = {t.name for t in seqio.get_mixture_or_task(heldout.HELDOUT_MIXTURE).tasks}
-  assert {t[len(p3.PREFIX):] for t in held} <= ours_held
+  assert {p3.PREFIX + t for t in ours_held if not t.startswith('story_cloze')} == held
+  assert any(t.startswith('story_cloze') for t in ours_held)
+  # Data still comes from the directory configured when reading.
+  assert len(_get(p3.PREFIX + ORDINARY, 'validation')) == 2
+  story = 'story_cloze_2016_Answer_Given_options_score_eval'
+  with pytest.raises(FileNotFoundError, match=f'no folder .*{story}.*does not contain StoryCloze'):
+    _get(p3.PREFIX + story, 'validation')
 
 
-def _spec_key(task_name):
-  for spec in sources.specs_with_role('train'):
-    if task_name in t0.task_names(spec):
-      return spec.key
-  raise KeyError(task_name)
+def test_catalog_resolves_p3_names():
+  from tasks import catalog  # pylint: disable=g-import-not-at-top
+  name = p3.PREFIX + ORDINARY
+  modules = [m for prefix, m in catalog._REGISTRY_BY_PREFIX if name.startswith(prefix)]
+  assert modules == ['tasks.p3']
+  assert catalog.ensure_registered(name)
+
+
+def _read_split_sizes(path):
+  """P3's examples-per-split table: {task: {split: examples}} (lines `task|{json}`)."""
+  sizes = {}
+  for line in path.read_text(encoding='utf-8').splitlines():
+    task, sep, blob = line.strip().partition('|')
+    if sep and not task.startswith('Data('):
+      sizes[task] = {k: int(v) for k, v in json.loads(blob).items()}
+  return sizes
+
+
+@pytest.fixture(scope='module')
+def p3_split_sizes():
+  """P3's published split sizes from the shared data (never copied into the repo)."""
+  path = SHARED_DATA / 'p3' / 'split_sizes.csv'
+  if not path.is_file():
+    pytest.skip(f'P3 split-size table not found at {path} (set SPT_SHARED_DATA)')
+  return _read_split_sizes(path)
+
+
+def test_our_names_and_train_sizes_agree_with_p3s_table(p3_split_sizes):
+  sizes = p3_split_sizes
+  assert len(sizes) == 660 and sum(t.endswith(p3.SCORE_EVAL_SUFFIX) for t in sizes) == 116
+  # Every template task of every training row has its P3 folder (313 names).
+  train_specs = sources.specs_with_role('train')
+  train_names = [n for s in train_specs for n in t0.task_names(s)]
+  assert len(train_names) == 313
+  assert [n for n in train_names if n not in sizes] == []
+  # Every scored held-out task but StoryCloze's is in P3; StoryCloze is absent entirely.
+  for spec in heldout.heldout_specs():
+    scored = heldout.scored_tasks(spec)
+    missing = [n for n in scored if n not in sizes]
+    if spec.dataset == 'story_cloze':
+      assert not any(t.startswith('story_cloze') for t in sizes)
+      assert missing == scored
+    else:
+      assert missing == [], spec.key
+  # datasets.csv train_size: the largest P3 train split over the row's (ordinary) tasks.
+  for spec in train_specs + heldout.heldout_specs():
+    have = [sizes[n].get('train', 0) for n in t0.task_names(spec) if n in sizes]
+    if have:
+      assert spec.train_size == max(have), spec.key
 
 
 def test_missing_directory_errors(monkeypatch, tmp_path):
@@ -182,7 +301,7 @@ def test_missing_directory_errors(monkeypatch, tmp_path):
   with pytest.raises(FileNotFoundError, match='does not exist'):
     p3.p3_dir()
   monkeypatch.setenv('SPT_P3_DIR', str(tmp_path))
-  with pytest.raises(FileNotFoundError, match=f'P3 task {ORDINARY!r} not found'):
+  with pytest.raises(FileNotFoundError, match=f'P3 task {ORDINARY!r} not found.*git lfs'):
     _get('p3_' + ORDINARY, 'validation')
 
 
