@@ -162,6 +162,11 @@ def test_quick_run_writes_every_output(tmp_path):
       [sys.executable, str(SCRIPT), f'--output_dir={out}', '--quick', '--steps=4'],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=1400)
   assert proc.returncode == 0, proc.stderr[-5000:]
+  check_outputs(out, final_step=4)
+
+
+def check_outputs(out: pathlib.Path, final_step: int) -> None:
+  """Every output file of a --quick run (1 seed, 3 methods) with its expected structure."""
   for name in EXPECTED_FILES:
     assert (out / name).is_file() and (out / name).stat().st_size > 0, name
   for name in ('accuracy.png', 'health_over_training.png', 'overlap_heatmap.png',
@@ -180,14 +185,15 @@ def test_quick_run_writes_every_output(tmp_path):
 
   runs = json.loads((out / 'runs.json').read_text())
   assert runs['config']['spt_prefix_length'] == 40
-  assert [r['final_step'] for r in runs['runs']] == [4, 4, 4]
+  assert runs['config']['complete']
+  assert [r['final_step'] for r in runs['runs']] == [final_step] * 3
   for r in runs['runs']:
     assert (pathlib.Path(r['run_dir']) / 'metrics.jsonl').is_file()
-    assert (pathlib.Path(r['run_dir']) / 'eval' / 'step_4' / 'results.json').is_file()
+    assert (pathlib.Path(r['run_dir']) / 'eval' / f'step_{final_step}' / 'results.json').is_file()
 
   health = json.loads((out / 'health.json').read_text())
   steps = sorted({row['step'] for row in health['probe']})
-  assert steps == [1, 4]
+  assert steps == [1, final_step]
   for row in health['probe']:
     assert row['method'] == 'spt' and row['memory_size'] == 1024
     for k in ('train_entropy_ratio', 'heldout_entropy_ratio'):
@@ -195,11 +201,11 @@ def test_quick_run_writes_every_output(tmp_path):
     for k in ('train_unused_fraction', 'heldout_unused_fraction'):
       assert 0.0 <= row[k] < 1.0
       assert 0.0 <= row[k.replace('_unused', '_uniform_unused')] < 1.0
-  assert health['training_batches']['spt/seed0'][-1]['step'] == 4
+  assert health['training_batches']['spt/seed0'][-1]['step'] == final_step
   assert any(k.endswith('retrieval_entropy_ratio') for k in health['eval']['spt/seed0'])
 
   structure = json.loads((out / 'structure.json').read_text())
-  final = structure['spt']['per_step']['4']
+  final = structure['spt']['per_step'][str(final_step)]
   assert final['overlap']['rows'] == list(HELDOUT)
   assert set(final['overlap']['cols']) == CLUSTERS
   matrix = np.asarray(final['overlap']['mean'])
