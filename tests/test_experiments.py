@@ -1,13 +1,15 @@
 """Every paper experiment under gin/experiments runs end to end on CPU with runs/local.gin.
 
-One parametrised test: for each experiment gin file, parse it with `runs/local.gin` overlaid
-(tiny model, embedded sample mixture, no pretrained checkpoint), train 2 steps with the real
-gin-configured trainer, then evaluate the final checkpoint with the real gin-configured
-`evaluate.evaluate` on the sample held-out mixture, both from the experiment's own gin files.
+One parametrised test: for each experiment gin file, parse it alone (pod-scale values), then
+with `runs/local.gin` overlaid (tiny model, no pretrained checkpoint), train 2 steps on an
+embedded-sample task with the real gin-configured trainer (the experiment's periodic
+evaluation hook included), then evaluate the final checkpoint with the real gin-configured
+`evaluate.evaluate` on an embedded-sample held-out task, from the experiment's own gin files.
 
 `runs/local.gin` alone does not yet shrink everything an experiment sets; LOCAL_EXTRA below
-adds what is missing (microbatches sized for a pod, the periodic held-out evaluation's
-mixture and batch) plus smaller shapes for speed (CI runs ~16 cases).
+adds what is missing (microbatches sized for a pod, the periodic evaluation's mixture, batch,
+lengths and metric) plus one task each way and smaller shapes for speed. 16 cases took 15 min
+on 2 heavily shared cores (load ~20); a persistent XLA cache makes repeated programs cheap.
 
 Eval-only files (no training mixture, e.g. eval_heldout.gin) train with the experiment named
 in EVAL_ONLY_TRAINED_WITH and are overlaid on it for the evaluation. The SuperGLUE files start
