@@ -1,6 +1,6 @@
 r"""One train step of our jitted T5 vs transformers' PyTorch T5, side by side on this CPU.
 
-Same config (default: T5.1.1-small dims as given in issue 2 — d 512, 8 heads, head_dim 64,
+Same config (default: T5.1.1-small dims as given in issue 2 — d 512, 6 heads, head_dim 64,
 mlp 1024, 8+8 layers, vocab 32128, gated-GELU, untied logits), same weights (the PyTorch model
 is saved with `save_pretrained` and read back with `checkpoints.load_hf_t5`), same batch
 (8 x 256 inputs, 8 x 64 targets, float32), same loss (token-mean cross entropy, no z-loss) and
@@ -56,7 +56,7 @@ from spt_jax import network  # noqa: E402
 def parse_args():
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--emb_dim', type=int, default=512)
-  p.add_argument('--num_heads', type=int, default=8)
+  p.add_argument('--num_heads', type=int, default=6)
   p.add_argument('--head_dim', type=int, default=64)
   p.add_argument('--mlp_dim', type=int, default=1024)
   p.add_argument('--layers', type=int, default=8, help='encoder and decoder layers each')

@@ -290,7 +290,9 @@ class MultiHeadDotProductAttention(nn.Module):
       logits = logits + attention_bias.astype(logits.dtype)
     weights = jax.nn.softmax(logits.astype(jnp.float32)).astype(self.dtype)
     if not deterministic and self.dropout_rate > 0.0:
-      keep = jax.random.bernoulli(self.make_rng('dropout'), 1.0 - self.dropout_rate, weights.shape)
+      # One mask per (batch, head, key), shared over queries: T5X's broadcast_dropout.
+      mask_shape = weights.shape[:-2] + (1,) + weights.shape[-1:]
+      keep = jax.random.bernoulli(self.make_rng('dropout'), 1.0 - self.dropout_rate, mask_shape)
       weights = weights * keep.astype(self.dtype) / jnp.asarray(1.0 - self.dropout_rate, self.dtype)
     x = jnp.einsum('bhqk,bkhd->bqhd', weights, value)
     x = nn.with_logical_constraint(x, ('batch', 'length', 'heads', 'kv'))
@@ -360,6 +362,10 @@ class DecoderLayer(nn.Module):
                max_decode_length: Optional[int]) -> Array:
     cfg = self.config
     dtype = cfg.compute_dtype
+    if decode and inputs.shape[-2] == 1 and not max_decode_length:
+      # A one-token step needs the full relative-position table to pick its row from.
+      raise ValueError('Incremental decoding (decode=True) needs max_decode_length: the length '
+                       'the KV cache was initialised with.')
     length = max_decode_length if decode and max_decode_length else inputs.shape[-2]
     bias = self.relative_embedding(length, length, False)
 
