@@ -621,8 +621,8 @@ def write_outputs(output_dir: str, runs: Sequence[Mapping[str, Any]],
     paths['overlap_png'] = os.path.join(output_dir, 'overlap_heatmap.png')
     ra.plot_heatmap(np.asarray(final['overlap']['mean']), final['overlap']['rows'],
                     final['overlap']['cols'], paths['overlap_png'],
-                    title=f'{method}: slot-usage overlap ({config["overlap_method"]}), final '
-                    'step, mean over seeds', xlabel='training cluster',
+                    title=f'{method}: slot overlap ({config["overlap_method"]}), step '
+                    f'{structure[method]["steps"][-1]}', xlabel='training cluster',
                     ylabel='held-out dataset', colorbar_label='overlap', vmin=0.0, vmax=1.0)
     paths['resemblance_png'] = os.path.join(output_dir, 'resemblance_share.png')
     plot_resemblance(structure, paths['resemblance_png'])
