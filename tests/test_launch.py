@@ -49,7 +49,7 @@ def fake_repo(tmp_path, scripts=SCRIPTS, gin_files=('methods/spt.gin', 'runs/loc
   """A throw-away git repo holding copies of the launchers and (empty) gin files."""
   repo = tmp_path / 'repo'
   (repo / 'launch').mkdir(parents=True)
-  for s in scripts:
+  for s in (*scripts, 'lib.sh'):  # lib.sh: the helpers every launcher sources
     shutil.copy(LAUNCH / s, repo / 'launch' / s)
   for g in gin_files:
     (repo / 'gin' / g).parent.mkdir(parents=True, exist_ok=True)
