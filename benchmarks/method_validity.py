@@ -78,6 +78,7 @@ import numpy as np
 from spt_jax import evaluate as evaluate_lib
 from spt_jax import gin_configurables
 from spt_jax import retrieval_analysis as ra
+from spt_jax import plots
 from spt_jax import runner
 
 METHODS = ('finetune', 'prompt_tuning', 'spt')
@@ -471,15 +472,8 @@ def _write_csv(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
     writer.writerows(rows)
 
 
-def _plt():
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  return plt
-
-
 def plot_accuracy(table: Mapping[str, Any], path: str) -> None:
-  plt = _plt()
+  plt = plots.pyplot()
   methods = list(table)
   columns = [c for c in next(iter(table.values())) if c != 'average'] + ['average']
   width = 0.8 / len(methods)
@@ -496,12 +490,11 @@ def plot_accuracy(table: Mapping[str, Any], path: str) -> None:
   ax.set_title('Held-out rank-classification accuracy (mean ± std over seeds)')
   ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  plots.save_figure(fig, path)
 
 
 def plot_health(runs: Sequence[Mapping[str, Any]], path: str) -> None:
-  plt = _plt()
+  plt = plots.pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
   for r in runs:
     if not r['probes']:
@@ -523,12 +516,11 @@ def plot_health(runs: Sequence[Mapping[str, Any]], path: str) -> None:
     ax.set_ylim(0, 1.02)
   axes[1].legend(fontsize=6)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  plots.save_figure(fig, path)
 
 
 def plot_resemblance(structure: Mapping[str, Any], path: str) -> None:
-  plt = _plt()
+  plt = plots.pyplot()
   method = next(iter(structure))
   final = structure[method]['per_step'][str(structure[method]['steps'][-1])]
   tasks = list(final['resemblance'])
@@ -551,8 +543,7 @@ def plot_resemblance(structure: Mapping[str, Any], path: str) -> None:
                f'{structure[method]["steps"][-1]}, mean ± std over seeds)')
   ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  plots.save_figure(fig, path)
 
 
 def write_outputs(output_dir: str, runs: Sequence[Mapping[str, Any]],

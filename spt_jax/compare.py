@@ -39,6 +39,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 from absl import logging
 import numpy as np
 
+from spt_jax import plots
 from spt_jax import results as results_lib
 
 PathLike = Union[str, pathlib.Path]
@@ -229,9 +230,7 @@ def to_csv_rows(table: Mapping[str, Any]) -> List[Dict[str, Any]]:
 
 def plot_comparison(table: Mapping[str, Any], path: PathLike) -> pathlib.Path:
   """PNG: grouped bars, one group per dataset (+ overall), one bar per run."""
-  import matplotlib   # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt   # pylint: disable=g-import-not-at-top
+  plt = plots.pyplot()
 
   names = table['names']
   labels = [r['dataset'] for r in table['rows']] + ['overall']
@@ -251,11 +250,7 @@ def plot_comparison(table: Mapping[str, Any], path: PathLike) -> pathlib.Path:
   ax.set_title('Run comparison')
   ax.legend(fontsize=8, loc='best', framealpha=0.6)
   fig.tight_layout()
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
+  return plots.save_figure(fig, path)
 
 
 def write_comparison(table: Mapping[str, Any], output_dir: PathLike

@@ -39,6 +39,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Union
 from absl import logging
 import numpy as np
 
+from spt_jax import plots
 from spt_jax import retrieval_analysis
 
 PathLike = Union[str, pathlib.Path]
@@ -243,9 +244,7 @@ def to_markdown(results: Mapping[str, Any], title: Optional[str] = None) -> str:
 def plot_dataset_accuracy(results: Mapping[str, Any], path: PathLike
                          ) -> pathlib.Path:
   """PNG: per dataset, the median over templates (bar), min–max (whisker), each template (dot)."""
-  import matplotlib   # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt   # pylint: disable=g-import-not-at-top
+  plt = plots.pyplot()
 
   names = list(results['datasets'])
   entries = [results['datasets'][n] for n in names]
@@ -271,11 +270,7 @@ def plot_dataset_accuracy(results: Mapping[str, Any], path: PathLike
   ax.set_ylabel(f'{results["metric"]} (median over templates; whiskers min–max)')
   ax.set_title('Per-dataset results over prompt templates')
   fig.tight_layout()
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
+  return plots.save_figure(fig, path)
 
 
 def slot_usage_by_dataset(slot_indices: Mapping[str, Any], memory_size: int

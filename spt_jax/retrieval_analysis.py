@@ -36,6 +36,8 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from spt_jax import plots
+
 PathLike = Union[str, pathlib.Path]
 
 OVERLAP_METHODS = ('intersection', 'cosine')
@@ -253,9 +255,7 @@ def plot_heatmap(matrix: Any, row_labels: Sequence[str],
   `col_labels=None` leaves the x axis numbered (e.g. M memory slots). Cells are
   annotated with their values when `annotate` (default: when R*C <= 200).
   """
-  import matplotlib   # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt   # pylint: disable=g-import-not-at-top
+  plt = plots.pyplot()
 
   matrix = np.asarray(matrix, dtype=np.float64)
   if matrix.ndim != 2 or matrix.shape[0] != len(row_labels):
@@ -283,11 +283,7 @@ def plot_heatmap(matrix: Any, row_labels: Sequence[str],
   ax.set_ylabel(ylabel)
   fig.colorbar(image, ax=ax, label=colorbar_label)
   fig.tight_layout()
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
+  return plots.save_figure(fig, path)
 
 
 def plot_overlap_heatmap(heldout_usage: Mapping[str, Any],
