@@ -211,21 +211,14 @@ def _uniform(rng: Array, shape: tuple[int, ...], scale: float) -> Array:
   return jax.random.uniform(rng, shape, jnp.float32, -scale, scale)
 
 
-def _soft_prompt_init(config: PromptConfig, embedding_table: Array):
+def _prompt_rows_init(init_kind: str, scale: float, embedding_table: Array,
+                      vocab_limit: int):
+  """Initializer of prompt rows `[..., d]`: sampled vocabulary embeddings or uniform(scale)."""
   def init(rng, shape, dtype=jnp.float32):
     del dtype
-    if config.soft_prompt_init == 'sampled_vocab':
-      return _sample_vocab_rows(rng, embedding_table, shape[:1], config.init_vocab_size)
-    return _uniform(rng, shape, config.soft_prompt_init_scale)
-  return init
-
-
-def _memory_values_init(config: PromptConfig, embedding_table: Array):
-  def init(rng, shape, dtype=jnp.float32):
-    del dtype
-    if config.memory_init == 'sampled_vocab':
-      return _sample_vocab_rows(rng, embedding_table, shape[:2], config.init_vocab_size)
-    return _uniform(rng, shape, config.memory_init_scale)
+    if init_kind == 'sampled_vocab':
+      return _sample_vocab_rows(rng, embedding_table, shape[:-1], vocab_limit)
+    return _uniform(rng, shape, scale)
   return init
 
 
@@ -556,8 +549,10 @@ class SoftPrompt(nn.Module):
     _check_table(embedding_table, self.emb_dim, 'SoftPrompt')
     prompt = self.param(
         'prompt',
-        nn.with_logical_partitioning(_soft_prompt_init(self.config, embedding_table),
-                                     ('prompt', 'embed')),
+        nn.with_logical_partitioning(
+            _prompt_rows_init(self.config.soft_prompt_init, self.config.soft_prompt_init_scale,
+                              embedding_table, self.config.init_vocab_size),
+            ('prompt', 'embed')),
         (length, self.emb_dim), jnp.float32)
     prompt = jnp.broadcast_to(prompt[None], (batch_size, length, self.emb_dim))
     return nn.with_logical_constraint(prompt, ('batch', 'length', 'embed'))
@@ -601,8 +596,10 @@ class MemoryBank(nn.Module):
     k, length, d = cfg.top_k, cfg.memory_length, self.emb_dim
     values = self.param(
         'values',
-        nn.with_logical_partitioning(_memory_values_init(cfg, embedding_table),
-                                     ('memory', 'memory_length', 'embed')),
+        nn.with_logical_partitioning(
+            _prompt_rows_init(cfg.memory_init, cfg.memory_init_scale, embedding_table,
+                              cfg.init_vocab_size),
+            ('memory', 'memory_length', 'embed')),
         (cfg.memory_size, length, d), jnp.float32)
     keys = self.param(
         'keys',
