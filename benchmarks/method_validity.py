@@ -1,6 +1,6 @@
 r"""Method validity (issue 8): does SPT's retrieval do what the method claims?
 
-On the embedded sample mixture (`tasks/sample.py`: 9 training datasets in 4 clusters,
+On the embedded sample mixture (`spt_tasks/sample.py`: 9 training datasets in 4 clusters,
 3 held-out datasets each built to resemble one cluster) this script trains, with the
 project's own trainer (`spt_jax.train.train`, gin-configured) and evaluator
 (`spt_jax.evaluate.Evaluation`):
@@ -187,7 +187,7 @@ def _task_inputs(task_name: str, n: int, length: int) -> np.ndarray:
 
 def build_probes(settings: Settings, input_length: int) -> tuple[Probe, Probe]:
   """(training-form probe labelled by cluster, held-out probe labelled by dataset)."""
-  from tasks import sample  # pylint: disable=g-import-not-at-top
+  from spt_tasks import sample  # pylint: disable=g-import-not-at-top
   train_tokens, train_labels, held_tokens, held_labels = [], [], [], []
   for spec in sample.DATASETS:
     names = sample.TASKS_BY_DATASET[spec.name]['plain']
@@ -237,7 +237,7 @@ def probe_statistics(train_idx: np.ndarray, train_labels: Sequence[str],
                      held_idx: np.ndarray, held_labels: Sequence[str], memory_size: int,
                      settings: Settings) -> dict[str, Any]:
   """Health and structure statistics of one probe (`retrieval_analysis.summarize`)."""
-  from tasks import sample  # pylint: disable=g-import-not-at-top
+  from spt_tasks import sample  # pylint: disable=g-import-not-at-top
   return ra.summarize(train_idx, list(train_labels), held_idx, list(held_labels), memory_size,
                       resembles=sample.HELDOUT_RESEMBLES, method=settings.overlap_method,
                       mass=settings.top_slots_mass)

@@ -69,9 +69,9 @@ def main():
   ap.add_argument('--pipeline_batches', type=int, default=40)
   ap.add_argument('--pipeline_warmup', type=int, default=10)
   args = ap.parse_args()
-  import tasks.sample  # pylint: disable=g-import-not-at-top,unused-import
+  import spt_tasks.sample  # pylint: disable=g-import-not-at-top,unused-import
 
-  lengths = dict(tasks.sample.FEATURE_LENGTHS)
+  lengths = dict(spt_tasks.sample.FEATURE_LENGTHS)
   mesh = partitioning.create_mesh(devices=jax.devices()[:1])
   cfg = network.T5Config(vocab_size=1152, emb_dim=args.emb_dim, num_heads=4,
                          head_dim=args.emb_dim // 4, mlp_dim=4 * args.emb_dim,

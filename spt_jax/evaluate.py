@@ -224,7 +224,7 @@ def create_seqio_evaluator(mixture_or_task_name: str, *, split: str = 'validatio
       task that has the split and metrics.
   """
   import seqio  # pylint: disable=g-import-not-at-top
-  from tasks import catalog  # pylint: disable=g-import-not-at-top
+  from spt_tasks import catalog  # pylint: disable=g-import-not-at-top
   catalog.ensure_registered(mixture_or_task_name)
   runner.get_mixture_or_task(mixture_or_task_name)
   loggers = ()
@@ -386,7 +386,7 @@ class Evaluation:
       `'<dataset>/median'`, `'<dataset>/mean'`, `'<cluster>/cluster_median'`,
       `'overall/median'`, `'overall/mean'` (and retrieval health with a memory bank).
     """
-    from tasks import catalog  # pylint: disable=g-import-not-at-top
+    from spt_tasks import catalog  # pylint: disable=g-import-not-at-top
     self._retrieval = {}
     future, _ = self.evaluator.evaluate(
         compute_metrics=True, step=int(step),
@@ -524,7 +524,7 @@ def evaluate(
     FileNotFoundError: no checkpoint at the path.
     ValueError: unknown mixture / format, or no output directory for an 'hf' / 't5x' path.
   """
-  from tasks import catalog  # pylint: disable=g-import-not-at-top
+  from spt_tasks import catalog  # pylint: disable=g-import-not-at-top
   check_checkpoint(checkpoint_path, checkpoint_format)
   catalog.ensure_registered(mixture_or_task_name)
   runner.get_mixture_or_task(mixture_or_task_name)

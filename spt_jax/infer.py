@@ -63,7 +63,7 @@ def resolve_vocabulary(task_name: Optional[str] = None, vocabulary_task: Optiona
                        vocabulary_path: Optional[str] = None):
   """The output vocabulary: of INFER_TASK, VOCABULARY_TASK, or a SentencePiece file."""
   import seqio  # pylint: disable=g-import-not-at-top
-  from tasks import catalog  # pylint: disable=g-import-not-at-top
+  from spt_tasks import catalog  # pylint: disable=g-import-not-at-top
   if vocabulary_path:
     if not epath.Path(vocabulary_path).exists():
       raise FileNotFoundError(f'VOCABULARY_PATH={vocabulary_path!r} does not exist.')
@@ -86,7 +86,7 @@ def examples_from_task(task_name: str, split: str = 'validation',
   Returns:
     `([{'inputs': ids, 'inputs_text': str, 'targets_text': str | None}], vocabulary)`.
   """
-  from tasks import catalog  # pylint: disable=g-import-not-at-top
+  from spt_tasks import catalog  # pylint: disable=g-import-not-at-top
   catalog.ensure_registered(task_name)
   task = runner.get_mixture_or_task(task_name)
   if not hasattr(task, 'source'):

@@ -288,7 +288,7 @@ def get_mixture_or_task(name: str):
         f'{len(names)} registered, e.g. {names[:5]}')
     raise ValueError(
         f'Unknown task or mixture {name!r} ({hint}). Check MIXTURE_OR_TASK_NAME and that its '
-        'registry module is imported (an `import tasks.sample` line in the gin file).')
+        'registry module is imported (an `import spt_tasks.sample` line in the gin file).')
   return seqio.get_mixture_or_task(name)
 
 

@@ -1,13 +1,13 @@
-"""Tests of tasks.catalog: task name → TaskInfo(dataset, template, cluster)."""
+"""Tests of spt_tasks.catalog: task name → TaskInfo(dataset, template, cluster)."""
 import pytest
 
 from spt_jax.results import TaskInfo
-from tasks import catalog
-from tasks import sources
+from spt_tasks import catalog
+from spt_tasks import sources
 
 
 def test_sample_tasks_from_the_sample_table():
-  from tasks import sample
+  from spt_tasks import sample
   rte = next(d for d in sample.DATASETS if d.name == 'sample_super_glue_rte')
   templates = sample.dataset_templates(rte)
   assert templates

@@ -21,7 +21,7 @@ from spt_jax import network
 from spt_jax import partitioning
 from spt_jax import prompts
 from spt_jax import runner
-from tasks import preprocessors
+from spt_tasks import preprocessors
 
 VOCAB = seqio.test_utils.sentencepiece_vocab()
 TASKS = ('evaltest_alpha_first_score_eval', 'evaltest_alpha_second_score_eval')
@@ -209,10 +209,10 @@ def test_orbax_step_dir_round_trip(tmp_path, setup_and_params):
 # End to end: train the local SPT run for a few steps, evaluate, compare.
 # ------------------------------------------------------------------------------------------
 def _sample_or_skip():
-  from tasks import sample  # pylint: disable=g-import-not-at-top
+  from spt_tasks import sample  # pylint: disable=g-import-not-at-top
   if not sample.VOCAB_MODEL.is_file():
     pytest.skip(f'sample vocabulary {sample.VOCAB_MODEL} not generated yet '
-                '(python -m tasks.sample --write_vocab)')
+                '(python -m spt_tasks.sample --write_vocab)')
   return sample
 
 

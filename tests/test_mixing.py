@@ -1,7 +1,7 @@
-"""T0's mixing rule (tasks.mixing): size-proportional, 500k cap split over templates."""
+"""T0's mixing rule (spt_tasks.mixing): size-proportional, 500k cap split over templates."""
 import pytest
 
-from tasks import mixing
+from spt_tasks import mixing
 
 
 def test_uncapped_dataset_gives_each_template_its_full_size():

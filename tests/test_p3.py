@@ -1,4 +1,4 @@
-"""tasks.p3: P3's layout from a directory the test writes, registration with and without
+"""spt_tasks.p3: P3's layout from a directory the test writes, registration with and without
 it, and P3's size table (shared data, via a fixture) against our task names and train sizes.
 """
 import json
@@ -18,12 +18,12 @@ import numpy as np  # noqa: E402
 import seqio  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tasks import heldout  # noqa: E402
-from tasks import p3  # noqa: E402
-from tasks import sources  # noqa: E402
-from tasks import t0  # noqa: E402
+from spt_tasks import heldout  # noqa: E402
+from spt_tasks import p3  # noqa: E402
+from spt_tasks import sources  # noqa: E402
+from spt_tasks import t0  # noqa: E402
 
-# The registration importing tasks.p3 made (by name, unless SPT_P3_DIR was set).
+# The registration importing spt_tasks.p3 made (by name, unless SPT_P3_DIR was set).
 _IMPORT_DATA_DIR = p3.configured_data_dir()
 SHARED_DATA = pathlib.Path(os.environ.get(
     'SPT_SHARED_DATA', pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'data'))
@@ -243,10 +243,10 @@ def test_registration_by_name_needs_no_disk(p3_root, monkeypatch, restore_regist
 
 
 def test_catalog_resolves_p3_names():
-  from tasks import catalog  # pylint: disable=g-import-not-at-top
+  from spt_tasks import catalog  # pylint: disable=g-import-not-at-top
   name = p3.PREFIX + ORDINARY
   modules = [m for prefix, m in catalog._REGISTRY_BY_PREFIX if name.startswith(prefix)]
-  assert modules == ['tasks.p3']
+  assert modules == ['spt_tasks.p3']
   assert catalog.ensure_registered(name)
 
 

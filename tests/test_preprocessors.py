@@ -1,4 +1,4 @@
-"""Tests for tasks/preprocessors.py: template rendering in tf.data and score_eval rows."""
+"""Tests for spt_tasks/preprocessors.py: template rendering in tf.data and score_eval rows."""
 import functools
 
 import numpy as np
@@ -6,8 +6,8 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from tasks import preprocessors
-from tasks import templates
+from spt_tasks import preprocessors
+from spt_tasks import templates
 
 RTE = [
     {'premise': 'The cat sat on the mat.', 'hypothesis': 'A cat sat.', 'idx': 0, 'label': 0},

@@ -1,4 +1,4 @@
-"""Tests of the real registries (tasks.t0 / heldout / glue / super_glue / sources).
+"""Tests of the real registries (spt_tasks.t0 / heldout / glue / super_glue / sources).
 
 No downloads: TFDS rows read `tfds.testing.mock_data` with hand-written examples
 (`as_dataset_fn`), HF rows read examples injected with
@@ -31,13 +31,13 @@ import seqio  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
-from tasks import glue  # noqa: E402,F401  # registers spt_glue_train
-from tasks import heldout  # noqa: E402
-from tasks import preprocessors  # noqa: E402
-from tasks import sources  # noqa: E402
-from tasks import super_glue  # noqa: E402,F401  # registers spt_super_glue_*
-from tasks import t0  # noqa: E402
-from tasks import templates as templates_lib  # noqa: E402
+from spt_tasks import glue  # noqa: E402,F401  # registers spt_glue_train
+from spt_tasks import heldout  # noqa: E402
+from spt_tasks import preprocessors  # noqa: E402
+from spt_tasks import sources  # noqa: E402
+from spt_tasks import super_glue  # noqa: E402,F401  # registers spt_super_glue_*
+from spt_tasks import t0  # noqa: E402
+from spt_tasks import templates as templates_lib  # noqa: E402
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -491,7 +491,7 @@ def test_pipeline_every_task(key, fake_data):
 
 
 def _promptsource_render(template, hf_example):
-  """promptsource's Template.apply / get_answer_choices_list, seeded like tasks.templates."""
+  """promptsource's Template.apply / get_answer_choices_list, seeded like spt_tasks.templates."""
   example = templates_lib.remove_hyphens(hf_example)
   seed = templates_lib.example_seed(template, example)
   random.seed(seed)
@@ -652,7 +652,7 @@ def test_train_datasets_include_exclude_and_close_matches():
 def test_gin_include_list_with_unknown_dataset_names_close_matches():
   import gin  # pylint: disable=g-import-not-at-top
   with gin.unlock_config():
-    gin.parse_config("tasks.t0.train_datasets.include = ['cosmos_qa', 'socail_i_qa']")
+    gin.parse_config("spt_tasks.t0.train_datasets.include = ['cosmos_qa', 'socail_i_qa']")
   try:
     with pytest.raises(ValueError, match=r"Unknown dataset 'socail_i_qa'.*social_i_qa"):
       t0.t0_train_mixture(name='spt_t0_train_gin_test')
@@ -713,7 +713,7 @@ def test_missing_tfds_data_names_dataset_and_command(tmp_path):
 
 
 class tfds_data_dir:  # pylint: disable=invalid-name
-  """Points tasks.sources at an empty TFDS data dir (via its gin-configurable)."""
+  """Points spt_tasks.sources at an empty TFDS data dir (via its gin-configurable)."""
 
   def __init__(self, path):
     self._path = str(path)
@@ -722,7 +722,7 @@ class tfds_data_dir:  # pylint: disable=invalid-name
     import gin  # pylint: disable=g-import-not-at-top
     self._scope = gin.unlock_config()
     self._scope.__enter__()
-    gin.bind_parameter('tasks.sources.tfds_settings.data_dir', self._path)
+    gin.bind_parameter('spt_tasks.sources.tfds_settings.data_dir', self._path)
 
   def __exit__(self, *exc):
     import gin  # pylint: disable=g-import-not-at-top

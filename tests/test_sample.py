@@ -1,4 +1,4 @@
-"""Tests for the embedded sample mixture (tasks/sample.py) and tasks/show.py."""
+"""Tests for the embedded sample mixture (spt_tasks/sample.py) and spt_tasks/show.py."""
 import collections
 import importlib
 import random
@@ -9,10 +9,10 @@ import seqio
 import sentencepiece as spm
 import tensorflow as tf
 
-from tasks import preprocessors
-from tasks import sample
-from tasks import show
-from tasks import templates
+from spt_tasks import preprocessors
+from spt_tasks import sample
+from spt_tasks import show
+from spt_tasks import templates
 
 # HF `datasets` features of each imitated dataset (what promptsource expects).
 HF_FIELDS = {
@@ -110,7 +110,7 @@ def test_rendering_equals_promptsource(name):
 
 
 def test_vocabulary_covers_sample_text():
-  assert sample.VOCAB_MODEL.is_file(), 'run `python -m tasks.sample --write_vocab`'
+  assert sample.VOCAB_MODEL.is_file(), 'run `python -m spt_tasks.sample --write_vocab`'
   sp = spm.SentencePieceProcessor(model_file=str(sample.VOCAB_MODEL))
   assert (sp.pad_id(), sp.eos_id(), sp.unk_id(), sp.bos_id()) == (0, 1, 2, -1)
   assert 500 <= sp.get_piece_size() <= sample.VOCAB_PIECES

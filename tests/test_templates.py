@@ -1,9 +1,9 @@
-"""Tests for tasks/templates.py: naming, listing, flags and rendering vs promptsource."""
+"""Tests for spt_tasks/templates.py: naming, listing, flags and rendering vs promptsource."""
 import random
 
 import pytest
 
-from tasks import templates
+from spt_tasks import templates
 
 RTE_EXAMPLE = {'premise': 'The cat sat on the mat.', 'hypothesis': 'A cat sat.',
                'idx': 3, 'label': 0}

@@ -6,7 +6,7 @@ record, rte, wic, wsc.fixed; TFDS `super_glue/*:1.0.2`, fields equal HF's).
 Mixture per task, `spt_super_glue_{task}` (`wsc.fixed` → `wsc_fixed`): the
 original-task templates of that dataset at equal rates, with `train` and
 `validation` splits (test labels are hidden). Metrics are SuperGLUE's, on the
-class id of the generated answer (`tasks.t0.task_metrics`): accuracy (BoolQ,
+class id of the generated answer (`spt_tasks.t0.task_metrics`): accuracy (BoolQ,
 COPA, RTE, WiC, WSC), accuracy + macro-F1 (CB), accuracy + F1 (MultiRC), and
 SQuAD-style EM / F1 (ReCoRD).
 """
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import seqio
 
-from tasks import sources
-from tasks import t0
+from spt_tasks import sources
+from spt_tasks import t0
 
 
 def super_glue_specs() -> list[sources.DatasetSpec]:

@@ -71,7 +71,7 @@ def t0_rates(dataset_sizes: Mapping[str, int],
       continue
     if key not in dataset_sizes or dataset_sizes[key] is None:
       raise ValueError(f'No training size for dataset {key!r}: fill its train_size '
-                       'column in tasks/datasets.csv.')
+                       'column in spt_tasks/datasets.csv.')
     rate = t0_template_rate(dataset_sizes[key], len(tasks), cap, split_uncapped)
     for task in tasks:
       if task in rates:

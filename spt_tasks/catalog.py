@@ -5,11 +5,11 @@ the datasets of one cluster (`spt_jax.results.aggregate`). A seqio task name alo
 say which part of `super_glue_rte_GPT_3_style_score_eval` is the dataset and which the
 template, so this module asks the registries' own tables, in this order:
 
-1. The embedded sample registry (`tasks.sample`: `DATASETS`, `dataset_templates`,
+1. The embedded sample registry (`spt_tasks.sample`: `DATASETS`, `dataset_templates`,
    `task_name`) for names starting with its prefix `sample_`. Its clusters are the sample's
    own: a held-out sample dataset is labelled with the ONE training cluster it was built to
    resemble (`sample.HELDOUT_RESEMBLES`), which is what the memory-retrieval analysis groups by.
-2. The real dataset table (`tasks/datasets.csv` via `tasks.sources.load_specs`): the row
+2. The real dataset table (`spt_tasks/datasets.csv` via `spt_tasks.sources.load_specs`): the row
    whose T0 task-name prefix (`{dataset}_{subset}_`, anli: `anli_..._{round}`) is the longest
    prefix of the name gives dataset key and cluster; the promptsource template whose T0 name
    matches gives the template's real name (with spaces), else the rest of the name is used.
@@ -17,7 +17,7 @@ template, so this module asks the registries' own tables, in this order:
    with a warning, so an unknown task still shows up in the table.
 
 `_score_eval` twins map to the same (dataset, template) as their plain task. Nothing here
-imports `tasks.t0` (its import registers every T0 task, tens of seconds); promptsource is read
+imports `spt_tasks.t0` (its import registers every T0 task, tens of seconds); promptsource is read
 only for the datasets that are looked up.
 
 `ensure_registered(name)` imports the registry module that defines a mixture or task, so the
@@ -42,24 +42,24 @@ UNKNOWN_TEMPLATE = 'default'
 
 # Name prefix → registry module defining it (first match wins; checked in order).
 _REGISTRY_BY_PREFIX = (
-    ('spt_sample_', 'tasks.sample'),
-    (SAMPLE_PREFIX, 'tasks.sample'),
-    ('spt_heldout', 'tasks.heldout'),
-    ('spt_super_glue', 'tasks.super_glue'),
-    ('spt_glue', 'tasks.glue'),
-    ('spt_t0', 'tasks.t0'),
-    ('spt_p3', 'tasks.p3'),
-    ('p3_', 'tasks.p3'),
+    ('spt_sample_', 'spt_tasks.sample'),
+    (SAMPLE_PREFIX, 'spt_tasks.sample'),
+    ('spt_heldout', 'spt_tasks.heldout'),
+    ('spt_super_glue', 'spt_tasks.super_glue'),
+    ('spt_glue', 'spt_tasks.glue'),
+    ('spt_t0', 'spt_tasks.t0'),
+    ('spt_p3', 'spt_tasks.p3'),
+    ('p3_', 'spt_tasks.p3'),
 )
 # Tried in this order when the prefix says nothing (a bare T0 task name, say).
-_ALL_REGISTRIES = ('tasks.sample', 'tasks.heldout', 'tasks.t0', 'tasks.glue',
-                   'tasks.super_glue', 'tasks.p3')
+_ALL_REGISTRIES = ('spt_tasks.sample', 'spt_tasks.heldout', 'spt_tasks.t0', 'spt_tasks.glue',
+                   'spt_tasks.super_glue', 'spt_tasks.p3')
 
 _INVALID = re.compile(r'[^A-Za-z0-9_.]+')
 
 
 def _clean(text: str) -> str:
-  """T0's task-name cleaning (`tasks.templates.task_name`) without importing promptsource."""
+  """T0's task-name cleaning (`spt_tasks.templates.task_name`) without importing promptsource."""
   return _INVALID.sub('_', text)
 
 
@@ -71,10 +71,10 @@ def _registered(name: str) -> bool:
 def ensure_registered(mixture_or_task_name: str) -> bool:
   """Imports the registry module(s) that may define `mixture_or_task_name`.
 
-  A name with a known prefix (`spt_sample_…`, `sample_…` → tasks.sample, `spt_heldout…` →
-  tasks.heldout, `spt_p3…`, `p3_…` → tasks.p3, ...) imports that module only; any other
+  A name with a known prefix (`spt_sample_…`, `sample_…` → spt_tasks.sample, `spt_heldout…` →
+  spt_tasks.heldout, `spt_p3…`, `p3_…` → spt_tasks.p3, ...) imports that module only; any other
   name (a bare T0 task name, say) imports every registry module in turn until it is found
-  (importing tasks.t0 registers every T0 task: tens of seconds). A module that fails to
+  (importing spt_tasks.t0 registers every T0 task: tens of seconds). A module that fails to
   import is logged and skipped (the caller's "unknown task" error then lists close names).
 
   Returns:
@@ -104,8 +104,8 @@ def ensure_registered(mixture_or_task_name: str) -> bool:
 
 @functools.lru_cache(maxsize=1)
 def _sample_table() -> dict[str, TaskInfo]:
-  """{plain task name: TaskInfo} of every sample task (imports tasks.sample)."""
-  sample = importlib.import_module('tasks.sample')
+  """{plain task name: TaskInfo} of every sample task (imports spt_tasks.sample)."""
+  sample = importlib.import_module('spt_tasks.sample')
   table = {}
   for spec in sample.DATASETS:
     key = spec.dataset + (f'/{spec.subset}' if spec.subset else '')
@@ -122,7 +122,7 @@ def _sample_table() -> dict[str, TaskInfo]:
 @functools.lru_cache(maxsize=1)
 def _dataset_prefixes() -> tuple[tuple[str, str, object], ...]:
   """((prefix, suffix, spec), ...) for every datasets.csv row, longest prefix first."""
-  from tasks import sources  # pylint: disable=g-import-not-at-top
+  from spt_tasks import sources  # pylint: disable=g-import-not-at-top
   rows = []
   for spec in sources.load_specs().values():
     if spec.is_anli:
@@ -138,7 +138,7 @@ def _dataset_prefixes() -> tuple[tuple[str, str, object], ...]:
 def _template_names(dataset: str, subset: Optional[str]) -> dict[str, str]:
   """{cleaned template name: promptsource name} of (dataset, subset); {} if unavailable."""
   try:
-    from tasks import templates  # pylint: disable=g-import-not-at-top
+    from spt_tasks import templates  # pylint: disable=g-import-not-at-top
     names = templates.get_dataset_templates(dataset, subset).all_template_names
   except Exception as e:  # pylint: disable=broad-except  # promptsource missing / no folder
     logging.info('No promptsource templates for %s/%s (%s); using cleaned names.', dataset,
@@ -185,7 +185,7 @@ def task_info(name: str, warn: bool = True) -> TaskInfo:
     try:
       found = _sample_table().get(base)
     except Exception as e:  # pylint: disable=broad-except  # sample registry unavailable
-      logging.warning('tasks.sample could not be loaded to look up %r: %s', name, e)
+      logging.warning('spt_tasks.sample could not be loaded to look up %r: %s', name, e)
       found = None
     if found is not None:
       return found

@@ -2,12 +2,12 @@
 
 This mirrors bigscience t-zero `t0/seqio_tasks/tasks.py` (`add_task`):
 
-* For every row of `tasks/datasets.csv` and every usable promptsource template of
+* For every row of `spt_tasks/datasets.csv` and every usable promptsource template of
   it, a task named like T0 / P3, `{dataset}_{subset}_{template}` with runs of
   characters outside `[A-Za-z0-9_.]` turned into `_` (anli: `anli_{template}_r1`).
   Features: `inputs` (no EOS), `targets` (+ EOS), and `answer_choices` (strings)
-  when the template has choices. The raw data comes from `tasks.sources`; the
-  template is applied by `tasks.preprocessors.apply_template` (an example the
+  when the template has choices. The raw data comes from `spt_tasks.sources`; the
+  template is applied by `spt_tasks.preprocessors.apply_template` (an example the
   template cannot render is skipped and counted, never fatal).
 * For every template with answer choices, a `{task}_score_eval` twin: one row
   per choice (`idx` = [example, choice], `is_correct`, `weight`), scored by
@@ -20,11 +20,11 @@ This mirrors bigscience t-zero `t0/seqio_tasks/tasks.py` (`add_task`):
 
 Mixture `spt_t0_train`: the rows of `datasets.csv` marked `default_train=yes`
 (T0's 38 (dataset, subset) training rows in 8 clusters), every registered template
-of each, at T0's rates (`tasks.mixing`). The paper's own list ("31 tasks from 8
+of each, at T0's rates (`spt_tasks.mixing`). The paper's own list ("31 tasks from 8
 domains") is not public; edit the `default_train` column, or choose in gin:
 
-    tasks.t0.train_datasets.exclude = ['gigaword', 'wiki_bio']
-    train.mixture_or_task_name = @tasks.t0.t0_train_mixture()
+    spt_tasks.t0.train_datasets.exclude = ['gigaword', 'wiki_bio']
+    train.mixture_or_task_name = @spt_tasks.t0.t0_train_mixture()
 
 Registration reads only promptsource's YAML files: no TFDS, network or
 vocabulary access at import.
@@ -39,10 +39,10 @@ import gin
 import seqio
 
 from spt_jax import metrics as metrics_lib
-from tasks import mixing
-from tasks import preprocessors
-from tasks import sources
-from tasks import templates as templates_lib
+from spt_tasks import mixing
+from spt_tasks import preprocessors
+from spt_tasks import sources
+from spt_tasks import templates as templates_lib
 
 T0_TRAIN_MIXTURE = 'spt_t0_train'
 SCORE_EVAL_SUFFIX = '_score_eval'
@@ -282,7 +282,7 @@ def t0_train_mixture(name: str = T0_TRAIN_MIXTURE,
   Args:
     name: mixture name.
     specs: training rows; default `train_datasets()` (gin include/exclude).
-    cap, split_uncapped: see `tasks.mixing.t0_template_rate`.
+    cap, split_uncapped: see `spt_tasks.mixing.t0_template_rate`.
   """
   specs = train_datasets() if specs is None else specs
   rates = t0_task_rates(specs, cap, split_uncapped)

@@ -14,7 +14,7 @@ Two text-to-text steps, used by every prompted registry before
   'targets': choice, 'is_correct': bool, 'weight': 1.0 float32}`. Examples whose
   target is not exactly one of their choices are dropped and counted.
 
-Typical task (what `tasks/sample.py` and `tasks/t0.py` do):
+Typical task (what `spt_tasks/sample.py` and `spt_tasks/t0.py` do):
 
   preprocessors = [
       functools.partial(apply_template, template=t, counter_name=name),
@@ -37,7 +37,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from tasks import templates as templates_lib
+from spt_tasks import templates as templates_lib
 
 # Log the first few failures of each counter in full, then one in this many.
 _LOG_FIRST = 5

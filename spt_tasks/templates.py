@@ -1,10 +1,10 @@
 """promptsource templates: listing, T0 task naming and deterministic rendering.
 
 This module is the one place that touches promptsource. The registries
-(`tasks/t0.py`, `tasks/heldout.py`, `tasks/glue.py`, `tasks/super_glue.py`,
-`tasks/sample.py`) build seqio tasks on top of it:
+(`spt_tasks/t0.py`, `spt_tasks/heldout.py`, `spt_tasks/glue.py`, `spt_tasks/super_glue.py`,
+`spt_tasks/sample.py`) build seqio tasks on top of it:
 
-  >>> from tasks import templates
+  >>> from spt_tasks import templates
   >>> infos = templates.list_templates('super_glue', 'rte')
   >>> infos[0].task_name
   'super_glue_rte_GPT_3_style'

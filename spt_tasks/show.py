@@ -1,12 +1,12 @@
 r"""Prints rendered examples of a registered seqio task.
 
-  python -m tasks.show sample_super_glue_rte_GPT_3_style --split validation -n 3
-  python -m tasks.show sample_super_glue_rte_GPT_3_style_score_eval -n 4
+  python -m spt_tasks.show sample_super_glue_rte_GPT_3_style --split validation -n 3
+  python -m spt_tasks.show sample_super_glue_rte_GPT_3_style_score_eval -n 4
 
 Shows the template (from the task's `apply_template` preprocessor), the rendered
 inputs, targets and answer choices (for `_score_eval` tasks: idx and
 is_correct of each row). Registries are imported by `--registry` (default
-`tasks.sample`; give e.g. `tasks.t0` for the real ones). An unknown task name is
+`spt_tasks.sample`; give e.g. `spt_tasks.t0` for the real ones). An unknown task name is
 an error that lists the closest registered names.
 """
 from __future__ import annotations
@@ -21,13 +21,13 @@ from absl import flags
 
 _SPLIT = flags.DEFINE_string('split', 'validation', 'Split to show.')
 _NUM = flags.DEFINE_integer('n', 3, 'Number of examples (rows) to show.')
-_REGISTRY = flags.DEFINE_list('registry', ['tasks.sample'],
+_REGISTRY = flags.DEFINE_list('registry', ['spt_tasks.sample'],
                               'Modules to import so their tasks are registered.')
 
 
 def template_of(task) -> Optional[str]:
   """The promptsource template name used by a task's preprocessors, if any."""
-  from tasks import preprocessors  # pylint: disable=g-import-not-at-top
+  from spt_tasks import preprocessors  # pylint: disable=g-import-not-at-top
   for p in task.preprocessors:
     if isinstance(p, functools.partial) and p.func is preprocessors.apply_template:
       return p.keywords['template'].get_name()
@@ -74,7 +74,7 @@ def format_examples(name: str, split: str, num: int) -> str:
 
 def main(argv: Sequence[str]) -> None:
   if len(argv) != 2:
-    raise app.UsageError('Usage: python -m tasks.show TASK [--split validation] [-n 3]')
+    raise app.UsageError('Usage: python -m spt_tasks.show TASK [--split validation] [-n 3]')
   for module in _REGISTRY.value:
     importlib.import_module(module)
   try:

@@ -2,19 +2,19 @@
 
 Rows of `datasets.csv` with the `glue` role (cola, sst2, mrpc, qqp, stsb, mnli,
 qnli, rte, wnli; TFDS `glue/*:2.0.0`, whose fields equal HF's). Every usable
-promptsource template is a task (names and features as `tasks.t0`); fixed-choice
+promptsource template is a task (names and features as `spt_tasks.t0`); fixed-choice
 templates are evaluated on class ids with T5's GLUE metrics (accuracy; F1 for
 MRPC / QQP).
 
 Mixture `spt_glue_train`: all those tasks at T0's rates (size-proportional,
-datasets over 500k capped and split over their templates; `tasks.mixing`).
+datasets over 500k capped and split over their templates; `spt_tasks.mixing`).
 """
 from __future__ import annotations
 
 import seqio
 
-from tasks import sources
-from tasks import t0
+from spt_tasks import sources
+from spt_tasks import t0
 
 GLUE_TRAIN_MIXTURE = 'spt_glue_train'
 

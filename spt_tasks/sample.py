@@ -27,8 +27,8 @@ unchanged. Generation is lazy (first use of a dataset), so importing this module
 only registers tasks.
 
 Vocabulary: `SAMPLE_VOCABULARY`, a SentencePiece model trained on the rendered
-sample text and shipped in `tasks/sample_data/`; regenerate it (deterministic)
-with `python -m tasks.sample --write_vocab`.
+sample text and shipped in `spt_tasks/sample_data/`; regenerate it (deterministic)
+with `python -m spt_tasks.sample --write_vocab`.
 
 Mixtures:
   * `spt_sample_train`: every training task; each dataset's rate (its number of
@@ -52,8 +52,8 @@ from absl import logging
 import seqio
 
 from spt_jax import metrics
-from tasks import preprocessors
-from tasks import templates as templates_lib
+from spt_tasks import preprocessors
+from spt_tasks import templates as templates_lib
 
 SEED = 2212_10929
 NUM_TRAIN = 3000

@@ -4,7 +4,7 @@ Datasets (rows of `datasets.csv` with the `heldout` role): NLI (anli r1/r2/r3,
 super_glue/cb, super_glue/rte), coreference (super_glue/wsc.fixed,
 winogrande/winogrande_xl), sentence completion (super_glue/copa, hellaswag,
 story_cloze/2016) and word sense (super_glue/wic). Every usable template gets a
-task and, if it has answer choices, a `_score_eval` twin (see `tasks.t0`).
+task and, if it has answer choices, a `_score_eval` twin (see `spt_tasks.t0`).
 
 Which templates are scored, as T0 did (t-zero `d4_eval_mixture`): only those
 whose promptsource `original_task` flag is true, i.e. that ask the dataset's own
@@ -21,7 +21,7 @@ question with the dataset's own answers. Excluded from scoring, with the reason:
 * templates T0 marked broken (`templates.T0_TASK_BLACKLIST`) or without a
   '|||' separator — not registered at all.
 
-`excluded_templates()` lists the exclusions per dataset (tasks/README.md shows
+`excluded_templates()` lists the exclusions per dataset (spt_tasks/README.md shows
 the table). Mixtures: `spt_heldout_score_eval` (all) and one per dataset,
 `spt_heldout_{dataset}_score_eval`, e.g. `spt_heldout_anli_r1_score_eval`,
 `spt_heldout_super_glue_wsc_fixed_score_eval`. Evaluate on `validation` (T0
@@ -33,8 +33,8 @@ import re
 
 import seqio
 
-from tasks import sources
-from tasks import t0
+from spt_tasks import sources
+from spt_tasks import t0
 
 HELDOUT_MIXTURE = 'spt_heldout_score_eval'
 

@@ -21,14 +21,14 @@ Registration (at import, and again whenever `register()` is called), one task
 `p3_<task>` per P3 task:
 
 1. With a P3 directory configured (env `SPT_P3_DIR`, the root or its `data/`
-   folder; gin `tasks.p3.p3_dir.path` can only be bound after this module is
+   folder; gin `spt_tasks.p3.p3_dir.path` can only be bound after this module is
    imported, so it takes effect through `register(configured_data_dir())`):
    one task per `data/<task>/` folder holding `COMPLETED`, its splits and
    `num_input_examples` read from the `stats.<split>.json` files (one directory
    listing plus small JSON reads; local paths or `gs://`).
 2. Otherwise, without touching the disk: one task per name our own registries
    produce with T0's naming, which P3 shares — every template task of the
-   `train` and `heldout` rows of `tasks/datasets.csv` (`tasks.t0`) and the
+   `train` and `heldout` rows of `spt_tasks/datasets.csv` (`spt_tasks.t0`) and the
    `_score_eval` twins of the held-out rows — declared with the row's split
    names and no sizes. Reading a task P3 lacks (StoryCloze, a few non-original
    held-out templates) fails with the missing folder and the download steps.
@@ -37,8 +37,8 @@ In both cases the directory is (re)resolved when a dataset is read, so setting
 `SPT_P3_DIR` after import works for the names of case 2. Mixtures:
 
 * `spt_p3_t0_train`: the P3 twins of the `spt_t0_train` tasks (same datasets,
-  `tasks.t0.train_datasets`), at T0's rates from `datasets.csv`'s `train_size`
-  (`tasks.mixing.t0_rates`), i.e. the same rates as `spt_t0_train`. Templates
+  `spt_tasks.t0.train_datasets`), at T0's rates from `datasets.csv`'s `train_size`
+  (`spt_tasks.mixing.t0_rates`), i.e. the same rates as `spt_t0_train`. Templates
   not registered (absent from a partial download) are skipped with a warning.
 * `spt_p3_heldout_score_eval`: P3's `_score_eval` tasks of the held-out
   original-task templates (StoryCloze is not in P3).
@@ -61,8 +61,8 @@ import seqio
 import tensorflow as tf
 
 from spt_jax import metrics as metrics_lib
-from tasks import mixing
-from tasks import sources
+from spt_tasks import mixing
+from spt_tasks import sources
 
 PREFIX = 'p3_'
 SCORE_EVAL_SUFFIX = '_score_eval'
@@ -79,7 +79,7 @@ DOWNLOAD_HELP = (
     '`GIT_LFS_SKIP_SMUDGE=1 git clone https://huggingface.co/datasets/bigscience/P3`, '
     '`git checkout 255b4bb51b0eeceec18b06cb372b73f2b5910550`, `git lfs pull --include '
     '"data/<task>/*"` per task or without --include for all) '
-    'and set env SPT_P3_DIR (or gin tasks.p3.p3_dir.path) to its root.')
+    'and set env SPT_P3_DIR (or gin spt_tasks.p3.p3_dir.path) to its root.')
 
 _TF_DTYPES = {'int32': tf.int32, 'int64': tf.int64, 'string': tf.string,
               'bool': tf.bool, 'float32': tf.float32}
@@ -102,7 +102,7 @@ _REGISTERED: set[str] = set()
 
 
 class P3NotConfiguredError(FileNotFoundError):
-  """No P3 directory is configured (neither gin `tasks.p3.p3_dir.path` nor `SPT_P3_DIR`)."""
+  """No P3 directory is configured (neither gin `spt_tasks.p3.p3_dir.path` nor `SPT_P3_DIR`)."""
 
 
 @gin.configurable
@@ -128,7 +128,7 @@ def configured_data_dir() -> Optional[str]:
   """`p3_dir()` if a P3 directory is configured and exists, else None.
 
   A configured path that does not exist is logged (not raised: importing
-  tasks.p3 must not fail); reading a task later raises the same error.
+  spt_tasks.p3 must not fail); reading a task later raises the same error.
   """
   try:
     return p3_dir()
@@ -211,7 +211,7 @@ def missing_task_message(task: str, task_dir: str) -> str:
   if absent:
     key, display = absent
     return (f'{message} P3 does not contain {display} at all; use our own task '
-            f'{task!r} (tasks.heldout, raw {key} data) instead.')
+            f'{task!r} (spt_tasks.heldout, raw {key} data) instead.')
   return (f'{message} Is SPT_P3_DIR the P3 root, and is this task downloaded (P3 also '
           f'lacks a few templates of our registries)? {DOWNLOAD_HELP}')
 
@@ -304,7 +304,7 @@ def our_task_splits() -> dict[str, tuple[str, ...]]:
   declared split P3 lacks (social_i_qa has no test there) fails when read, with
   the splits the folder has.
   """
-  from tasks import t0  # pylint: disable=g-import-not-at-top
+  from spt_tasks import t0  # pylint: disable=g-import-not-at-top
   out = {}
   for role, score_eval in (('train', False), ('heldout', False), ('heldout', True)):
     for spec in sources.specs_with_role(role):
@@ -330,12 +330,12 @@ def p3_t0_train_mixture(name: str = P3_T0_TRAIN_MIXTURE, specs=None,
                         split_uncapped: bool = False) -> str:
   """Registers the P3 twin of `spt_t0_train` (same rows and rates); returns its name.
 
-  Rows default to `tasks.t0.train_datasets()` (gin include/exclude). Rates come
+  Rows default to `spt_tasks.t0.train_datasets()` (gin include/exclude). Rates come
   from `datasets.csv`'s `train_size`, as for `spt_t0_train`. Templates whose
   `p3_*` task is not registered (a partial P3 download) are skipped, with a
   warning, and the dataset's capped rate is shared by the templates present.
   """
-  from tasks import t0  # pylint: disable=g-import-not-at-top
+  from spt_tasks import t0  # pylint: disable=g-import-not-at-top
   specs = t0.train_datasets() if specs is None else specs
   by_dataset, skipped = {}, []
   for spec in specs:
@@ -352,7 +352,7 @@ def p3_t0_train_mixture(name: str = P3_T0_TRAIN_MIXTURE, specs=None,
 
 def p3_heldout_mixture(name: str = P3_HELDOUT_MIXTURE) -> str:
   """Registers P3's scored held-out `_score_eval` tasks (rate 1); returns its name."""
-  from tasks import heldout  # pylint: disable=g-import-not-at-top
+  from spt_tasks import heldout  # pylint: disable=g-import-not-at-top
   scored = []
   for spec in heldout.heldout_specs():
     for task in heldout.scored_tasks(spec):

@@ -2,9 +2,9 @@
 
 Every prompted task renders an example through a promptsource template, and
 promptsource templates are written against HF `datasets` field names. This module
-turns each row of `tasks/datasets.csv` into a seqio `DataSource` plus an
+turns each row of `spt_tasks/datasets.csv` into a seqio `DataSource` plus an
 `example_fn` (a Python function from a decoded source example to the HF-schema
-example the template expects); `tasks.preprocessors.apply_template` calls
+example the template expects); `spt_tasks.preprocessors.apply_template` calls
 `example_fn` just before rendering.
 
 Sources (the `source` column of `datasets.csv`):
@@ -151,7 +151,7 @@ class DatasetSpec:
     anli keeps T0's special form `anli_{template}_{round}` (templates are shared by
     the rounds, which are splits in HF).
     """
-    from tasks import templates as templates_lib  # pylint: disable=g-import-not-at-top
+    from spt_tasks import templates as templates_lib  # pylint: disable=g-import-not-at-top
     if self.is_anli:
       return templates_lib.task_name('anli', None, template_name) + f'_{self.subset}'
     return templates_lib.task_name(self.dataset, self.subset, template_name)
@@ -340,7 +340,7 @@ def _tfds_missing_message(tfds_name: str, data_dir: Optional[str], cause: Except
   msg = (f'TFDS dataset {tfds_name!r} is not prepared{" in " + data_dir if data_dir else ""} '
          f'({type(cause).__name__}: {str(cause)[:200]}). Prepare it with '
          f'`tfds build {name}{where}` (needs network), or pass download=True via gin '
-         '(`tasks.sources.tfds_settings.download = True`).')
+         '(`spt_tasks.sources.tfds_settings.download = True`).')
   if builder == 'story_cloze':
     msg += (' StoryCloze needs a manual download first: request the data at '
             'https://www.cs.rochester.edu/nlp/rocstories/ and put the CSV files in the '
@@ -404,7 +404,7 @@ def _import_hf_datasets():
     raise ImportError(
         'This task reads its raw data with Hugging Face `datasets`, which is not '
         'installed: `pip install datasets` (downloads need network access on first '
-        'use). Alternatively train from pre-rendered P3 (tasks.p3, env SPT_P3_DIR).') from e
+        'use). Alternatively train from pre-rendered P3 (spt_tasks.p3, env SPT_P3_DIR).') from e
   return datasets
 
 
@@ -462,7 +462,7 @@ def _story_cloze_missing(path: Optional[str], split: str) -> str:
           'download: fill in the form at https://www.cs.rochester.edu/nlp/rocstories/ , '
           'save the 2016 files as cloze_test_val__spring2016.csv and '
           'cloze_test_test__spring2016.csv in one folder, and set SPT_STORY_CLOZE_DIR to it '
-          '(or gin `tasks.sources.story_cloze_dir.path`).')
+          '(or gin `spt_tasks.sources.story_cloze_dir.path`).')
 
 
 def read_story_cloze_csv(path: str) -> list[dict[str, Any]]:
