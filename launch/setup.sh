@@ -1,36 +1,57 @@
 #!/usr/bin/env bash
-# Creates ./.venv and installs spt_jax's dependencies (CPU). Idempotent: a second run with
-# unchanged requirements files installs nothing.
+# Creates ./.venv, installs spt_jax's pinned dependencies (CPU) and the project itself
+# (editable: `import spt_jax`, `python -m spt_jax.train` and the `spt-*` commands work from
+# any directory). Idempotent: a second run with unchanged requirements installs nothing.
 #
 #   bash launch/setup.sh          # runtime set (train / evaluate / infer on CPU)
 #   bash launch/setup.sh --dev    # + test and reference set (pytest, torch CPU, transformers)
+#   bash launch/setup.sh --data   # + HF `datasets`, which T0's HF-hosted training sets need
 #
-# Accelerators: after this, `.venv/bin/pip install -r requirements-tpu.txt` (TPU VMs) or
-# `-r requirements-gpu.txt` (CUDA 12); launch/tpu_pod.sh and launch/gpu_slurm.sh do it for you.
+# Options combine (--dev --data). Accelerators: after this, `.venv/bin/pip install -r
+# requirements-tpu.txt` (TPU VMs) or `-r requirements-gpu.txt` (CUDA 12);
+# launch/tpu_pod.sh and launch/gpu_slurm.sh do it for you.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 dev=0
-if [[ "${1:-}" == "--dev" ]]; then dev=1; fi
+data=0
+for arg in "$@"; do
+  case "$arg" in
+    --dev) dev=1 ;;
+    --data) data=1 ;;
+    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "setup: unknown option '$arg' (known: --dev, --data)" >&2; exit 2 ;;
+  esac
+done
 python="${PYTHON:-python3}"
-req=requirements.txt
-if [[ $dev == 1 ]]; then req=requirements-dev.txt; fi
+reqs=(requirements.txt)
+if [[ $dev == 1 ]]; then reqs+=(requirements-dev.txt); fi
+if [[ $data == 1 ]]; then reqs+=(requirements-data.txt); fi
 
 if [[ ! -x .venv/bin/python ]]; then
   "$python" -m venv .venv
 fi
-stamp=".venv/.spt_installed_$(cat requirements.txt "$req" | sha256sum | cut -c1-16)"
+pip=(.venv/bin/pip install --quiet --disable-pip-version-check)
+stamp=".venv/.spt_installed_$(cat "${reqs[@]}" pyproject.toml | sha256sum | cut -c1-16)"
 if [[ ! -f "$stamp" ]]; then
-  .venv/bin/pip install --quiet --disable-pip-version-check -r "$req"
+  req_args=()
+  for r in "${reqs[@]}"; do req_args+=(-r "$r"); done
+  "${pip[@]}" "${req_args[@]}"
   # promptsource 0.2.3 carries the real templates but declares Python < 3.10 and broken pins;
   # it needs only jinja2, pyyaml, pandas and pkg_resources (setuptools < 81) to render.
-  .venv/bin/pip install --quiet --disable-pip-version-check --no-deps --ignore-requires-python \
-    promptsource==0.2.3
+  "${pip[@]}" --no-deps --ignore-requires-python promptsource==0.2.3
+  # The project itself, editable, without touching the pinned set above.
+  "${pip[@]}" --no-deps --no-build-isolation -e .
   touch "$stamp"
 fi
+# The embedded sample tasks, pre-rendered and tokenized once (seqio cached-task format), so
+# that runs on the sample mixture (runs/local.gin: USE_CACHED_TASKS = True) start in seconds.
+# Skips tasks already cached; the folder name carries a fingerprint of the sample code.
+# (A first run takes a few minutes; later runs only check, in seconds.)
+TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/python -m spt_tasks.sample --write_cache --verbosity=-1
 if [[ $dev == 1 ]] && ! command -v shellcheck >/dev/null 2>&1; then
   # Used by tests/test_launch.py; the test skips with a reason where it cannot be installed.
   { apt-get update -qq && apt-get install -y -qq shellcheck; } >/dev/null 2>&1 || \
     echo "setup: shellcheck not installed (tests that need it will skip)" >&2
 fi
-echo "setup: .venv ready ($req)"
+echo "setup: .venv ready (${reqs[*]})"

@@ -318,5 +318,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   return 0
 
 
-if __name__ == '__main__':
+def cli() -> None:
+  """Console entry point (`spt-compare`)."""
   sys.exit(main())
+
+
+if __name__ == '__main__':
+  cli()

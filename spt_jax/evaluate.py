@@ -43,6 +43,7 @@ entry point parses gin without finalizing so they need no value here.
 """
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import os
@@ -58,8 +59,10 @@ from absl import logging
 from etils import epath
 
 from spt_jax import checkpoints
+from spt_jax import logs
 from spt_jax import models as models_lib
 from spt_jax import partitioning
+from spt_jax import paths
 from spt_jax import results as results_lib
 from spt_jax import runner
 
@@ -411,6 +414,7 @@ class Evaluation:
       return flat
     infos = catalog.lookup(scored)
     results = results_lib.aggregate(scored, infos, metric=self.metric)
+    results_lib.add_chance(results, self._chance_by_task(scored))
     results['mixture_or_task_name'] = self.mixture_or_task_name
     results['step'] = int(step)
     for name, d in results['datasets'].items():
@@ -443,6 +447,20 @@ class Evaluation:
                  results['overall']['mean'], results['overall']['n_datasets'])
     return flat
 
+  def _chance_by_task(self, tasks) -> dict[str, float]:
+    """Chance accuracy (percent) of each rank-classification task: the mean over its
+    examples of 1 / number of answer choices, from the evaluator's postprocessed targets
+    (`((example, choice), is_correct, weight, length)` rows); other tasks are left out."""
+    cached = getattr(self.evaluator, '_cached_targets', {})  # seqio keeps them per task
+    chance = {}
+    for task in tasks:
+      rows = cached.get(task) or []
+      if not rows or not all(isinstance(r, tuple) and len(r) == 4 for r in rows):
+        continue
+      choices = collections.Counter(int(r[0][0]) for r in rows)
+      chance[task] = 100.0 * float(np.mean([1.0 / n for n in choices.values()]))
+    return chance
+
   def _write_raw(self, task_metrics, step):
     out_dir = self.results_dir(step)
     if out_dir is None or jax.process_index() != 0:
@@ -468,7 +486,7 @@ def eval_hook_factory(mixture_or_task_name: str, model_dir: Optional[str] = None
     `factory(setup) -> Evaluation(setup, ...).run`.
   """
   def factory(setup: runner.ModelSetup) -> Callable[[Any, int], dict[str, float]]:
-    output_dir = os.path.join(os.fspath(model_dir), 'eval') if model_dir else None
+    output_dir = os.path.join(paths.resolve(model_dir), 'eval') if model_dir else None
     evaluation = Evaluation(setup, mixture_or_task_name, output_dir=output_dir,
                             per_step_subdir=True, **evaluation_kwargs)
     return evaluation.run
@@ -525,6 +543,8 @@ def evaluate(
     ValueError: unknown mixture / format, or no output directory for an 'hf' / 't5x' path.
   """
   from spt_tasks import catalog  # pylint: disable=g-import-not-at-top
+  checkpoint_path = paths.resolve(checkpoint_path)
+  output_dir = paths.resolve(output_dir)
   check_checkpoint(checkpoint_path, checkpoint_format)
   catalog.ensure_registered(mixture_or_task_name)
   runner.get_mixture_or_task(mixture_or_task_name)
@@ -589,6 +609,7 @@ def _register_gin() -> None:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  logs.quiet_libraries()
   import gin  # pylint: disable=g-import-not-at-top
   # Not finalized: the training gin files passed for the model config leave train-only
   # macros (MODEL_DIR, ...) %gin.REQUIRED, which evaluation never reads; this entry point's
@@ -602,6 +623,10 @@ def main(argv: Sequence[str]) -> None:
     out = epath.Path(result['output_dir'])
     out.mkdir(parents=True, exist_ok=True)
     (out / 'config.gin').write_text(gin.operative_config_str())
+    results_json = out / results_lib.RESULTS_JSON
+    if results_json.exists():
+      table = results_lib.summary_table(results_lib.load_results(results_json))
+      logging.info('Held-out results (step %d):\n%s', result['step'], table)
   logging.info('Done: step %d. Results: %s/results.md', result['step'], result['output_dir'])
 
 

@@ -37,8 +37,10 @@ from absl import logging
 from etils import epath
 
 from spt_jax import evaluate as evaluate_lib
+from spt_jax import logs
 from spt_jax import models as models_lib
 from spt_jax import partitioning
+from spt_jax import paths
 from spt_jax import runner
 
 
@@ -207,6 +209,10 @@ def infer(
                      f'INPUT_FILE={input_file!r}.')
   if not output_file:
     raise ValueError('OUTPUT_FILE is not set: --gin.OUTPUT_FILE="\'/path/predictions.jsonl\'".')
+  checkpoint_path = paths.resolve(checkpoint_path)
+  output_file = paths.resolve(output_file)
+  input_file = paths.resolve(input_file)
+  vocabulary_path = paths.resolve(vocabulary_path)
   evaluate_lib.check_checkpoint(checkpoint_path, checkpoint_format)
   if task_name:
     examples, vocab = examples_from_task(task_name, split, num_examples)
@@ -280,6 +286,7 @@ def _register_gin() -> None:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  logs.quiet_libraries()
   # Not finalized: the training gin files passed for the model config leave train-only
   # macros (MODEL_DIR, ...) %gin.REQUIRED, which evaluation never reads; this entry point's
   # own required values are still checked when it is called.

@@ -119,7 +119,9 @@ def create_mesh(
     if num_partitions < 1 or n % num_partitions:
       raise ValueError(
           f'num_partitions={num_partitions} does not divide the {n} available devices; '
-          f'choose a divisor of {n} (partitioning.create_mesh.num_partitions in gin).')
+          f'choose a divisor of {n}: --gin.train.num_partitions=N for training, '
+          '--gin.evaluate.evaluate.num_partitions=N / --gin.infer.infer.num_partitions=N for '
+          'evaluation / inference.')
     mesh_shape = (n // num_partitions, num_partitions)
   mesh_shape = tuple(int(s) for s in mesh_shape)
   if len(mesh_shape) != 2 or math.prod(mesh_shape) != n:

@@ -192,6 +192,33 @@ def aggregate(task_metrics: Mapping[str, Mapping[str, Any]],
 # ----------------------------------------------------------------------------
 
 
+def add_chance(results: Dict[str, Any], chance_by_task: Mapping[str, float]) -> None:
+  """Adds each dataset's chance level (mean over its templates' tasks that have one) to
+  `results['datasets'][d]['chance']`, in place; datasets without any stay without."""
+  per_dataset: Dict[str, list] = {}
+  for row in results['templates']:
+    if row['task'] in chance_by_task:
+      per_dataset.setdefault(row['dataset'], []).append(chance_by_task[row['task']])
+  for name, values in per_dataset.items():
+    results['datasets'][name]['chance'] = float(np.mean(values))
+
+
+def summary_table(results: Mapping[str, Any]) -> str:
+  """A short plain-text table, one line per dataset (median / mean over templates, chance),
+  for the end of a run's log."""
+  metric = results['metric']
+  width = max([len('dataset')] + [len(n) for n in results['datasets']])
+  lines = [f'{"dataset":<{width}}  {"median":>7}  {"mean":>7}  {"chance":>7}  templates',
+           f'{"-" * width}  -------  -------  -------  ---------']
+  for name, d in results['datasets'].items():
+    lines.append(f'{name:<{width}}  {d["median"]:7.2f}  {d["mean"]:7.2f}  '
+                 f'{_fmt(d.get("chance")):>7}  {d["n_templates"]:9d}')
+  o = results['overall']
+  lines.append(f'{"overall":<{width}}  {o["median"]:7.2f}  {o["mean"]:7.2f}  '
+               f'{"":>7}  ({o["n_datasets"]} datasets; {metric})')
+  return '\n'.join(lines)
+
+
 def _fmt(value: Optional[float], digits: int = 2) -> str:
   if value is None or (isinstance(value, float) and math.isnan(value)):
     return '—'
@@ -224,12 +251,12 @@ def to_markdown(results: Mapping[str, Any], title: Optional[str] = None) -> str:
   metric = results['metric']
   lines = [f'# {title or "Results"}', '',
            f'Metric: `{metric}`, over prompt templates per dataset.', '',
-           '| Cluster | Dataset | Median | Mean | Min | Max | n |',
-           '| --- | --- | ---: | ---: | ---: | ---: | ---: |']
+           '| Cluster | Dataset | Median | Mean | Min | Max | n | Chance |',
+           '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |']
   for name, d in results['datasets'].items():
     lines.append(f'| {d["cluster"]} | {name} | {_fmt(d["median"])} | '
                  f'{_fmt(d["mean"])} | {_fmt(d["min"])} | {_fmt(d["max"])} | '
-                 f'{d["n_templates"]} |')
+                 f'{d["n_templates"]} | {_fmt(d.get("chance"))} |')
   lines += ['', '## Averages over datasets', '',
             '| Cluster | Median | Mean | Datasets |', '| --- | ---: | ---: | ---: |']
   for name, c in results['clusters'].items():
@@ -263,7 +290,14 @@ def plot_dataset_accuracy(results: Mapping[str, Any], path: PathLike
     ax.scatter(np.full(len(values), x[i]), values, s=12, color='k', zorder=3)
   handles = [plt.Rectangle((0, 0), 1, 1, color=colors(i % 10), alpha=0.7)
              for i in range(len(clusters))]
-  ax.legend(handles, clusters, title='cluster', fontsize=8, loc='best',
+  labels = list(clusters)
+  chance = [(i, e['chance']) for i, e in enumerate(entries) if e.get('chance') is not None]
+  if chance:
+    for i, c in chance:
+      ax.hlines(c, x[i] - 0.4, x[i] + 0.4, colors='r', linestyles='--', linewidth=1.2)
+    handles.append(plt.Line2D([0], [0], color='r', linestyle='--'))
+    labels.append('chance')
+  ax.legend(handles, labels, title='cluster', fontsize=8, loc='best',
             framealpha=0.6)
   ax.set_xticks(x)
   ax.set_xticklabels(names, rotation=45, ha='right')

@@ -59,6 +59,31 @@ def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
   return out
 
 
+def _guard_gin_package_reader() -> None:
+  """Makes gin's "is it a file inside a Python package?" check answer False, not crash.
+
+  For an include such as `runs/train.gin` not found relative to the working directory, gin
+  asks whether `runs` is an importable package holding the file. A plain folder of that name
+  in the working directory (`runs/` is where local runs write) is a namespace package with
+  no origin, and gin's check then raises TypeError instead of moving on to the next search
+  path. The guarded check treats any such failure as "not there".
+  """
+  from gin import config as gin_config  # pylint: disable=g-import-not-at-top
+  from gin import resource_reader  # pylint: disable=g-import-not-at-top
+  readers = gin_config._FILE_READERS  # pylint: disable=protected-access
+
+  def guarded(path: str) -> bool:
+    try:
+      return resource_reader.system_path_file_exists(path)
+    except Exception:  # pylint: disable=broad-except  # a miss, whatever the reason
+      return False
+
+  guarded.spt_guarded = True
+  for i, (reader, exists) in enumerate(readers):
+    if exists is resource_reader.system_path_file_exists:
+      readers[i] = (reader, guarded)
+
+
 def parse_gin(gin_files: Sequence[str] = (), gin_bindings: Sequence[str] = (),
               gin_search_paths: Sequence[str] = ('gin',), finalize: bool = True) -> None:
   """Registers the library's configurables, then parses gin files and bindings.
@@ -71,6 +96,7 @@ def parse_gin(gin_files: Sequence[str] = (), gin_bindings: Sequence[str] = (),
       the fix.
   """
   from spt_jax import gin_configurables  # pylint: disable=g-import-not-at-top,unused-import
+  _guard_gin_package_reader()
   repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   for path in gin_search_paths:
     for candidate in (path, os.path.join(repo_root, path)):
@@ -292,6 +318,23 @@ def get_mixture_or_task(name: str):
   return seqio.get_mixture_or_task(name)
 
 
+def check_cached(mixture_or_task_name: str) -> None:
+  """Raises a clear error when `use_cached=True` but some sub-task has no offline cache."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  provider = get_mixture_or_task(mixture_or_task_name)
+  tasks = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
+  missing = [t.name for t in tasks if not t.cache_dir]
+  if missing:
+    raise ValueError(
+        f'USE_CACHED_TASKS=True but {len(missing)} of the {len(tasks)} tasks of '
+        f'{mixture_or_task_name!r} have no offline cache (e.g. {missing[:3]}; searched '
+        f'{seqio.utils.get_global_cache_dirs()}). Build it: for the embedded sample tasks '
+        '`python -m spt_tasks.sample --write_cache` (launch/setup.sh runs it); for other '
+        'tasks `python -m spt_tasks.cache --module=REGISTRY --tasks=REGEX --cache_dir=DIR` '
+        'with DIR registered by the registry module (seqio.add_global_cache_dirs([DIR])); '
+        'or set USE_CACHED_TASKS = False to render on the fly.')
+
+
 def create_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
                    global_batch_size: int, mesh: jax.sharding.Mesh, split: str = 'train',
                    shuffle: bool = True, seed: int | None = 0, use_cached: bool = False,
@@ -335,6 +378,8 @@ def create_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str,
   else:
     raise ValueError(f"input_sharding={input_sharding!r}: use 'shard_info' or "
                      "'slice_global_batch'.")
+  if use_cached:
+    check_cached(mixture_or_task_name)
   ds = seqio.get_dataset(
       mixture_or_task_name, task_feature_lengths=dict(task_feature_lengths),
       feature_converter=seqio.EncDecFeatureConverter(pack=pack), dataset_split=split,

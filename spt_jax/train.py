@@ -41,8 +41,10 @@ from absl import logging
 from etils import epath
 
 from spt_jax import models as models_lib
+from spt_jax import logs
 from spt_jax import optim
 from spt_jax import partitioning
+from spt_jax import paths
 from spt_jax import prompts as prompts_lib
 from spt_jax import runner
 from spt_jax import train_state as train_state_lib
@@ -370,7 +372,8 @@ def train(
     `{'state': final TrainState, 'step': int, 'history': [(step, {metric: float})],
       'preempted': bool, 'model_dir': str}`.
   """
-  model_dir = os.fspath(model_dir)
+  model_dir = paths.resolve(model_dir)
+  initial_checkpoint_path = paths.resolve(initial_checkpoint_path)
   train_state_lib.check_writable(model_dir)
   runner.get_mixture_or_task(mixture_or_task_name)
   if mesh is None:
@@ -550,21 +553,10 @@ def train(
 # ------------------------------------------------------------------------------------------
 # Command line.
 # ------------------------------------------------------------------------------------------
-class _QuietLibraries:
-  """absl-handler filter: INFO chatter of orbax / tensorstore is dropped (warnings stay)."""
-
-  _NOISY = (f'{os.sep}orbax{os.sep}', f'{os.sep}tensorstore{os.sep}')
-
-  def filter(self, record) -> bool:
-    import logging as py_logging  # pylint: disable=g-import-not-at-top
-    return record.levelno >= py_logging.WARNING or not any(
-        n in record.pathname for n in self._NOISY)
-
-
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  logs.quiet_libraries()
   import gin  # pylint: disable=g-import-not-at-top
   from spt_jax import gin_configurables  # pylint: disable=g-import-not-at-top
   runner.parse_gin(runner.GIN_FILE.value, runner.GIN_BINDINGS.value,

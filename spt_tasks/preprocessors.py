@@ -39,10 +39,6 @@ import tensorflow as tf
 
 from spt_tasks import templates as templates_lib
 
-# Log the first few failures of each counter in full, then one in this many.
-_LOG_FIRST = 5
-_LOG_EVERY = 1000
-
 _COUNTS: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
 _COUNTS_LOCK = threading.Lock()
 
@@ -134,10 +130,10 @@ def apply_template(dataset: tf.data.Dataset,
         example = example_fn(example)
       rendered = templates_lib.render(template, example)
     except Exception as e:  # pylint: disable=broad-except  # skip, never fail the pipeline.
-      n = _count(name, 'template_failed')
-      if n <= _LOG_FIRST or n % _LOG_EVERY == 0:
-        logging.warning('%s: skipping example %d that the template cannot render: %s',
-                        name, n, e)
+      if _count(name, 'template_failed') == 1:
+        logging.warning('%s: skipping examples the template cannot render (first: %s: %s); '
+                        'further skips are counted, not logged (get_counts(%r)).',
+                        name, type(e).__name__, e, name)
       return b'', b'', np.zeros([0], dtype=object), False
     _count(name, 'rendered')
     choices = rendered.answer_choices or []
@@ -196,11 +192,11 @@ def score_eval_expand(dataset: tf.data.Dataset,
     if num_correct == 1:
       _count(counter_name, 'score_eval_examples')
       return True
-    n = _count(counter_name, 'score_eval_dropped')
-    if n <= _LOG_FIRST or n % _LOG_EVERY == 0:
-      logging.warning('%s: dropping example with target %r matching %d answer choices '
-                      '(need exactly 1); dropped so far: %d', counter_name,
-                      to_python(targets), int(num_correct), n)
+    if _count(counter_name, 'score_eval_dropped') == 1:
+      logging.warning('%s: dropping examples whose target does not match exactly one answer '
+                      'choice (first: target %r matches %d); further drops are counted, not '
+                      'logged (get_counts(%r)).', counter_name, to_python(targets),
+                      int(num_correct), counter_name)
     return False
 
   def add_correct(index, ex):

@@ -43,6 +43,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import os
 import pathlib
 import random
 import zlib
@@ -65,6 +67,27 @@ VOCAB_MODEL = VOCAB_DIR / 'sentencepiece.model'
 VOCAB_PIECES = 1000
 EXTRA_IDS = 100
 SAMPLE_VOCABULARY = seqio.SentencePieceVocabulary(str(VOCAB_MODEL), extra_ids=EXTRA_IDS)
+
+
+
+def _cache_fingerprint() -> str:
+  """Hash of everything the cached examples depend on (generators, templates, vocab)."""
+  digest = hashlib.sha256()
+  here = pathlib.Path(__file__).resolve().parent
+  for path in (here / 'sample.py', here / 'preprocessors.py', here / 'templates.py',
+               VOCAB_MODEL):
+    digest.update(path.read_bytes())
+  return digest.hexdigest()[:16]
+
+
+# Where the pre-rendered, pre-tokenized sample tasks are cached (seqio's cached-task format,
+# written by `write_sample_cache`, i.e. `python -m spt_tasks.sample --write_cache`, which
+# launch/setup.sh runs). The folder name carries a fingerprint of the code and data, so a
+# changed generator or template is never read from a stale cache.
+SAMPLE_CACHE_DIR = pathlib.Path(os.environ.get('SPT_SAMPLE_CACHE_DIR') or (
+    pathlib.Path(os.environ.get('XDG_CACHE_HOME') or pathlib.Path.home() / '.cache')
+    / 'spt_jax' / f'sample_{_cache_fingerprint()}'))
+seqio.add_global_cache_dirs([str(SAMPLE_CACHE_DIR)])
 
 TASK_PREFIX = 'sample_'
 TRAIN_MIXTURE = 'spt_sample_train'
@@ -527,7 +550,9 @@ def _register_dataset(spec: SampleDataset) -> dict[str, list[str]]:
     name = task_name(spec, info.name)
     render = functools.partial(preprocessors.apply_template, template=template,
                                counter_name=name)
-    tokenize = [seqio.preprocessors.tokenize, seqio.preprocessors.append_eos]
+    # Cached (USE_CACHED_TASKS) reads start after the placeholder: rendered and tokenized.
+    tokenize = [seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
+                seqio.preprocessors.append_eos]
     seqio.TaskRegistry.remove(name)
     seqio.TaskRegistry.add(name, source=source, preprocessors=[render] + tokenize,
                            output_features=_output_features(), metric_fns=[_accuracy])
@@ -638,12 +663,28 @@ def write_vocab(model_path: pathlib.Path = VOCAB_MODEL) -> pathlib.Path:
   return model_path
 
 
+def write_sample_cache(cache_dir: pathlib.Path = SAMPLE_CACHE_DIR, overwrite: bool = False,
+                       num_workers: int = os.cpu_count() or 1) -> list[str]:
+  """Caches every sample task (both splits) for `USE_CACHED_TASKS = True`; returns the tasks
+  written (those already cached are skipped unless `overwrite`)."""
+  from spt_tasks import cache  # pylint: disable=g-import-not-at-top
+  names = TRAIN_TASKS + HELDOUT_TASKS + HELDOUT_SCORE_EVAL_TASKS
+  written = cache.write_cache(names, str(cache_dir), overwrite=overwrite,
+                              num_workers=num_workers, registry_modules=('spt_tasks.sample',))
+  logging.info('Sample cache %s: %d tasks written, %d already there.', cache_dir, len(written),
+               len(names) - len(written))
+  return written
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise ValueError(f'Unexpected arguments: {argv[1:]}')
   if FLAGS.write_vocab:
     path = write_vocab(pathlib.Path(FLAGS.vocab_path))
     print(f'wrote {path}')
+  elif FLAGS.write_cache:
+    written = write_sample_cache(overwrite=FLAGS.overwrite)
+    print(f'sample tasks cached in {SAMPLE_CACHE_DIR} ({len(written)} written now)')
   else:
     print(f'{len(TRAIN_TASKS)} training tasks, {len(HELDOUT_SCORE_EVAL_TASKS)} held-out '
           f'score-eval tasks; mixtures: {TRAIN_MIXTURE}, {HELDOUT_SCORE_EVAL_MIXTURE}, '
@@ -655,5 +696,8 @@ if __name__ == '__main__':
   from absl import flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_bool('write_vocab', False, 'Train and write the sample vocabulary.')
   flags.DEFINE_string('vocab_path', str(VOCAB_MODEL), 'Where to write it.')
+  flags.DEFINE_bool('write_cache', False, 'Pre-render and tokenize every sample task into '
+                    'SAMPLE_CACHE_DIR (seqio cached-task format) for USE_CACHED_TASKS.')
+  flags.DEFINE_bool('overwrite', False, 'With --write_cache: rewrite cached tasks too.')
   FLAGS = flags.FLAGS
   app.run(main)

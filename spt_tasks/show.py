@@ -84,5 +84,10 @@ def main(argv: Sequence[str]) -> None:
   print(text)
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """Console entry point (`spt-show-task`)."""
   app.run(main)
+
+
+if __name__ == '__main__':
+  run()

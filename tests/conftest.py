@@ -23,3 +23,18 @@ def shared_fixtures() -> pathlib.Path:
   if not SHARED_FIXTURES.is_dir():
     pytest.skip(f"shared fixtures not found at {SHARED_FIXTURES} (set SPT_SHARED_FIXTURES)")
   return SHARED_FIXTURES
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sample_cache():
+  """The pre-rendered sample tasks that runs/local.gin reads (USE_CACHED_TASKS = True).
+
+  launch/setup.sh builds them; a checkout whose sample code changed (new fingerprint) or a
+  machine set up by hand gets them here, once, before the first test.
+  """
+  from spt_tasks import cache  # pylint: disable=g-import-not-at-top
+  from spt_tasks import sample  # pylint: disable=g-import-not-at-top
+  names = sample.TRAIN_TASKS + sample.HELDOUT_TASKS + sample.HELDOUT_SCORE_EVAL_TASKS
+  if not all(cache.is_cached(str(sample.SAMPLE_CACHE_DIR), n) for n in names):
+    sample.write_sample_cache()
+  return sample.SAMPLE_CACHE_DIR
