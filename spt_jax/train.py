@@ -297,6 +297,12 @@ def _check_finite(window: Sequence[tuple[int, dict[str, float]]], ckpt, model_di
           'gradient clipping (train.grad_clip_norm) or check the input data.')
 
 
+def _has_checkpoint(model_dir: str) -> bool:
+  """Whether `model_dir/checkpoints` holds a finished step (the run will resume from it)."""
+  directory = epath.Path(model_dir) / 'checkpoints'
+  return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
+
+
 def train(
     *,
     model_dir: str,
@@ -375,7 +381,8 @@ def train(
       'preempted': bool, 'model_dir': str}`.
   """
   model_dir = os.fspath(model_dir)
-  if initial_checkpoint_path:
+  if initial_checkpoint_path and not _has_checkpoint(model_dir):
+    # Only a fresh run reads it (a resumed one ignores it): fail before any work.
     runner.check_initial_checkpoint(initial_checkpoint_path, initial_checkpoint_format)
   train_state_lib.check_writable(model_dir)
   runner.get_mixture_or_task(mixture_or_task_name)
