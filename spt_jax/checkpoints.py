@@ -543,6 +543,36 @@ def load_orbax_params(path: PathLike, item: str | None = None) -> Params:
   return jax.tree.map(np.asarray, flax.core.unfreeze(params))
 
 
+# ----------------------------------------------------------------------------- formats
+
+# What `detect_format` looks for (also named in the errors of a wrong format setting).
+FORMAT_MARKERS = {
+    'hf': 'it has config.json',
+    't5x': 'it has a msgpack `checkpoint` file',
+    'orbax': 'it has checkpoints/, or state/ and metadata/ as spt_jax writes them',
+}
+
+
+def detect_format(path: PathLike) -> str | None:
+  """The format a checkpoint directory plainly holds: 'hf', 't5x', 'orbax' or None.
+
+  Only unambiguous markers count (`FORMAT_MARKERS`); None means "cannot tell" (the loader of
+  the configured format then reports what it misses), e.g. for today's orbax-based T5X
+  layout or a plain orbax PyTree directory.
+  """
+  path = pathlib.Path(path)
+  if path.is_file():
+    return 't5x' if path.name == 'checkpoint' else None
+  if (path / 'config.json').is_file():
+    return 'hf'
+  if (path / 'checkpoint').is_file():
+    return 't5x'
+  if (path / 'checkpoints').is_dir() or ((path / 'state').is_dir()
+                                         and (path / 'metadata').is_dir()):
+    return 'orbax'
+  return None
+
+
 # ----------------------------------------------------------------------------- matching
 
 
@@ -587,8 +617,26 @@ def check_params_match(expected: Mapping[str, Any], found: Mapping[str, Any],
     raise CheckpointMismatchError(
         f'Checkpoint does not match the model ({len(problems)} problem(s)); check that the '
         'model config (sizes, mlp_activations, logits_via_embedding) is the one the '
-        'checkpoint was trained with:\n  ' + '\n  '.join(problems))
+        'checkpoint was trained with:\n  ' + '\n  '.join(problems)
+        + _embedding_hint(exp, got))
   return kept
+
+
+def _embedding_hint(expected: Mapping[str, Any], found: Mapping[str, Any]) -> str:
+  """The gin fix for the commonest mismatch: vocabulary size or width of the embedding."""
+  name = 'token_embedder/embedding'
+  if name not in expected or name not in found:
+    return ''
+  (v_exp, d_exp), (v_got, d_got) = _shape(expected[name]), _shape(found[name])
+  fixes = []
+  if v_exp != v_got:
+    fixes.append(f'network.T5Config.vocab_size = {v_got}  (the model has {v_exp}; the task '
+                 "must then use the checkpoint's vocabulary)")
+  if d_exp != d_got:
+    fixes.append(f'network.T5Config.emb_dim = {d_got}  (the model has {d_exp})')
+  if not fixes:
+    return ''
+  return '\nFrom the embedding table, the checkpoint wants:\n  ' + '\n  '.join(fixes)
 
 
 # Fields that change what a checkpoint computes (not only its shapes); dropout and compute
@@ -606,12 +654,16 @@ def check_config_match(expected: network.T5Config, found: network.T5Config,
   Shapes alone cannot tell gated-GELU from gated-SiLU, or max_distance 128 from 64; this
   catches a model config that would run the checkpoint's weights with the wrong function.
   """
-  diffs = [f'{f}: model has {getattr(expected, f)!r}, {source} has {getattr(found, f)!r}'
+  diffs = [f'{f}: model has {getattr(expected, f)!r}, {source} has {getattr(found, f)!r} '
+           f'-> network.T5Config.{f} = {getattr(found, f)!r}'
            for f in _ARCH_FIELDS if getattr(expected, f) != getattr(found, f)]
   if diffs:
+    hint = ("\n(vocab_size: the task must then use the checkpoint's vocabulary.)"
+            if expected.vocab_size != found.vocab_size else '')
     raise CheckpointMismatchError(
         f'Model config does not match the {source} config; set these fields in the model '
-        'config (gin) to the checkpoint\'s values:\n  ' + '\n  '.join(diffs))
+        'config (gin bindings, e.g. --gin.network.T5Config.emb_dim=512) to the '
+        'checkpoint\'s values:\n  ' + '\n  '.join(diffs) + hint)
 
 
 def restore_params(path: PathLike, format: str, expected_params: Mapping[str, Any],  # pylint: disable=redefined-builtin
@@ -679,7 +731,7 @@ def iter_params(tree: Mapping[str, Any]) -> Iterator[tuple[str, tuple[int, ...]]
 
 
 __all__: Iterable[str] = (
-    'CheckpointMismatchError', 'HF_ACTIVATIONS', 'PROMPT_PARAM_REGEXES', 'check_config_match',
-    'check_params_match',
+    'CheckpointMismatchError', 'FORMAT_MARKERS', 'HF_ACTIVATIONS', 'PROMPT_PARAM_REGEXES',
+    'check_config_match', 'check_params_match', 'detect_format',
     'hf_config_to_t5', 'iter_params', 'load_hf_t5', 'load_orbax_params', 'load_t5x',
     'restore_params', 't5x_param_shapes')

@@ -74,7 +74,11 @@ SEQIO_LOG_SUBDIR = 'seqio'
 # Checkpoints.
 # ------------------------------------------------------------------------------------------
 def check_checkpoint(path: str, format: str) -> None:  # pylint: disable=redefined-builtin
-  """Fails fast, before any data or model work, on a missing path or an unknown format."""
+  """Fails fast, before any data or model work, on a missing path or an unknown format.
+
+  Also when the directory plainly holds another format than CHECKPOINT_FORMAT names
+  (`checkpoints.detect_format`: e.g. an HF folder evaluated with the default 'orbax').
+  """
   if format not in CHECKPOINT_FORMATS:
     raise ValueError(f'CHECKPOINT_FORMAT={format!r} is not one of {CHECKPOINT_FORMATS}: '
                      "'orbax' for spt_jax runs, 'hf' for a transformers T5 folder, 't5x' for a "
@@ -88,6 +92,12 @@ def check_checkpoint(path: str, format: str) -> None:  # pylint: disable=redefin
         f'CHECKPOINT_PATH={path!r} does not exist. Point it at an spt_jax run directory (the '
         "trainer's MODEL_DIR) or one of its checkpoints/<step> directories (format 'orbax'), "
         "a transformers T5 folder ('hf') or a T5X checkpoint_<step> folder ('t5x').")
+  detected = checkpoints.detect_format(path)
+  if detected is not None and detected != format:
+    raise ValueError(
+        f'CHECKPOINT_PATH={path!r} holds a {detected!r} checkpoint '
+        f'({checkpoints.FORMAT_MARKERS[detected]}) but CHECKPOINT_FORMAT={format!r}: set '
+        f"--gin.CHECKPOINT_FORMAT=\"'{detected}'\".")
 
 
 def run_checkpoint_steps(run_dir: str) -> list[int]:
@@ -572,6 +582,8 @@ def evaluate(
   if mesh is None:
     mesh = partitioning.create_mesh(num_partitions=num_partitions, mesh_shape=mesh_shape)
   model = model or runner.create_model()
+  runner.check_vocabulary(mixture_or_task_name, model.network.config.vocab_size,
+                          task_macro='EVAL_MIXTURE')
   evaluator = create_seqio_evaluator(
       mixture_or_task_name, split=split, task_feature_lengths=task_feature_lengths,
       num_examples=num_examples, use_cached=use_cached, seed=seed,

@@ -191,6 +191,71 @@ def _params_only(variables):
   return variables['params']
 
 
+INITIAL_CHECKPOINT_FORMATS = ('hf', 't5x', 'orbax')
+_FORMAT_HELP = ("'hf': a transformers T5 folder (config.json + model.safetensors or "
+                "pytorch_model.bin); 't5x': a legacy T5X checkpoint_<step> folder (a msgpack "
+                "`checkpoint` file); 'orbax': an spt_jax run (MODEL_DIR) or one of its "
+                'checkpoints/<step> folders')
+
+
+def check_initial_checkpoint(path: str, format: str,  # pylint: disable=redefined-builtin
+                             path_macro: str = 'INITIAL_CHECKPOINT_PATH',
+                             format_macro: str = 'INITIAL_CHECKPOINT_FORMAT') -> None:
+  """Fails fast, before any model or data work, on a bad pretrained-checkpoint setting.
+
+  Checks that the format is known, that the path exists, and that the directory does not
+  plainly hold another format than the one named (`checkpoints.detect_format`).
+
+  Args:
+    path: the checkpoint directory.
+    format: 'hf' | 't5x' | 'orbax'.
+    path_macro, format_macro: the gin macros the user set, named in the messages.
+
+  Raises:
+    ValueError: unknown format, or the directory holds another format.
+    FileNotFoundError: the path does not exist.
+  """
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  if format not in INITIAL_CHECKPOINT_FORMATS:
+    raise ValueError(f'{format_macro}={format!r} is not one of {INITIAL_CHECKPOINT_FORMATS}: '
+                     f'{_FORMAT_HELP}.')
+  if not epath.Path(path).exists():
+    raise FileNotFoundError(
+        f'{path_macro}={path!r} does not exist. Point it at a checkpoint directory '
+        f'({_FORMAT_HELP}) or set {path_macro} = None to train from scratch.')
+  detected = checkpoints.detect_format(path)
+  if detected is not None and detected != format:
+    raise ValueError(
+        f'{path_macro}={path!r} holds a {detected!r} checkpoint '
+        f'({checkpoints.FORMAT_MARKERS[detected]}) but {format_macro}={format!r}: set '
+        f"--gin.{format_macro}=\"'{detected}'\".")
+
+
+def check_vocabulary(mixture_or_task_name: str, vocab_size: int,
+                     task_macro: str = 'MIXTURE_OR_TASK_NAME') -> None:
+  """Fails when the task's vocabulary has more ids than the model's embedding has rows.
+
+  Ids beyond the table would not fail anywhere: the embedding lookup clamps them, so a T5
+  vocabulary (32,100 ids) fed to the tiny model (vocab_size 1152) trains on garbage. A task
+  vocabulary that is smaller is normal (T5 pads 32,100 to 32,128).
+
+  Raises:
+    ValueError: naming both sizes and the two fixes.
+  """
+  task = get_mixture_or_task(mixture_or_task_name)
+  for feature_name, feature in sorted(task.output_features.items()):
+    size = int(feature.vocabulary.vocab_size)
+    if size > vocab_size:
+      raise ValueError(
+          f'{task_macro}={mixture_or_task_name!r}: the vocabulary of its {feature_name!r} '
+          f'feature has {size} ids but the model has vocab_size={vocab_size}, so ids >= '
+          f'{vocab_size} would be silently clamped by the embedding lookup. Either set '
+          f'network.T5Config.vocab_size to at least {size} (T5 vocabularies: 32128; it must '
+          'match a pretrained checkpoint\'s), or use a task whose vocabulary the model was '
+          'built for (the sample mixtures take another vocabulary through '
+          'gin/runs/sample_vocabulary.gin).')
+
+
 @dataclasses.dataclass
 class ModelSetup:
   """A model placed on a mesh: logical specs, parameter shardings, init and import.
@@ -268,16 +333,15 @@ class ModelSetup:
 
     Raises:
       FileNotFoundError: the path does not exist.
-      checkpoints.CheckpointMismatchError: a parameter is missing or its shape differs (the
-        message names it).
+      ValueError: unknown format, or the directory holds another format.
+      checkpoints.CheckpointMismatchError: a parameter is missing or its shape differs, or
+        (format 'hf') the model config differs from config.json (the message names it).
     """
-    from etils import epath  # pylint: disable=g-import-not-at-top
-    if not epath.Path(path).exists():
-      raise FileNotFoundError(
-          f'INITIAL_CHECKPOINT_PATH={path!r} does not exist. Point it at a checkpoint directory '
-          "(format 'hf': a transformers T5 folder; 't5x': checkpoint_<step>; 'orbax': an "
-          'spt_jax MODEL_DIR) or set INITIAL_CHECKPOINT_PATH = None to train from scratch.')
-    restored = checkpoints.restore_params(path, format, params, shardings=self.param_shardings)
+    check_initial_checkpoint(path, format)
+    # The model config goes along so that an 'hf' import also checks what shapes cannot
+    # show (activation, relative-position buckets, epsilon) against config.json.
+    restored = checkpoints.restore_params(path, format, params, shardings=self.param_shardings,
+                                          config=self.model.network.config)
     prompt_config = self.model.network.prompt_config
     if (reinit_prompts and format != 'orbax' and prompt_config is not None
         and prompt_config.prefix_length):
@@ -323,6 +387,13 @@ def check_cached(mixture_or_task_name: str) -> None:
   import seqio  # pylint: disable=g-import-not-at-top
   provider = get_mixture_or_task(mixture_or_task_name)
   tasks = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
+  uncacheable = [t.name for t in tasks if not t.supports_caching]
+  if uncacheable:
+    raise ValueError(
+        f'USE_CACHED_TASKS=True but {len(uncacheable)} of the {len(tasks)} tasks of '
+        f'{mixture_or_task_name!r} cannot be read from a cache (no '
+        f'seqio.CacheDatasetPlaceholder, e.g. {uncacheable[:3]}; sample tasks re-registered '
+        'with another vocabulary are such tasks). Set USE_CACHED_TASKS = False.')
   missing = [t.name for t in tasks if not t.cache_dir]
   if missing:
     raise ValueError(

@@ -299,6 +299,12 @@ def _check_finite(window: Sequence[tuple[int, dict[str, float]]], ckpt, model_di
           'gradient clipping (train.grad_clip_norm) or check the input data.')
 
 
+def _has_checkpoint(model_dir: str) -> bool:
+  """Whether `model_dir/checkpoints` holds a finished step (the run will resume from it)."""
+  directory = epath.Path(model_dir) / 'checkpoints'
+  return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
+
+
 def train(
     *,
     model_dir: str,
@@ -327,6 +333,7 @@ def train(
     parameter_partitioning_dims: int = 1,
     mesh: jax.sharding.Mesh | None = None,
     save_every_steps: int = 1000,
+    save_initial_checkpoint: bool = False,
     keep_checkpoints: int | None = 3,
     async_checkpointing: bool = True,
     log_every_steps: int = 100,
@@ -360,6 +367,9 @@ def train(
     activation_partitioning_dims, parameter_partitioning_dims: rule variant
       (`partitioning.standard_logical_axis_rules`).
     save_every_steps: periodic checkpoint interval (the final step is always saved).
+    save_initial_checkpoint: also save the state before the first step, as step 0 (a fresh
+      run only): the initialised or imported parameters (INITIAL_CHECKPOINT_PATH), e.g. to
+      evaluate the starting point or to check an import. Counts towards keep_checkpoints.
     keep_checkpoints: how many checkpoints to keep (None: all).
     async_checkpointing: orbax writes in a background thread.
     log_every_steps: summary / console interval; every step's scalars are written at it.
@@ -374,6 +384,9 @@ def train(
   """
   model_dir = paths.resolve(model_dir)
   initial_checkpoint_path = paths.resolve(initial_checkpoint_path)
+  if initial_checkpoint_path and not _has_checkpoint(model_dir):
+    # Only a fresh run reads it (a resumed one ignores it): fail before any work.
+    runner.check_initial_checkpoint(initial_checkpoint_path, initial_checkpoint_format)
   train_state_lib.check_writable(model_dir)
   runner.get_mixture_or_task(mixture_or_task_name)
   if mesh is None:
@@ -388,6 +401,7 @@ def train(
         f'{batch_size // dp} (BATCH_SIZE={batch_size} / data-parallel size {dp}).')
   if model is None:
     model = runner.create_model()
+  runner.check_vocabulary(mixture_or_task_name, model.network.config.vocab_size)
   if model.network.prompt_config is not None and model.network.prompt_config.prefix_length and (
       pack):
     raise ValueError('pack=True cannot be used with SPT / prompt-tuning prompts; set '
@@ -436,6 +450,12 @@ def train(
   start_step = int(jax.device_get(state.step))
   result = {'state': state, 'step': start_step, 'history': [], 'preempted': False,
             'model_dir': model_dir}
+  if save_initial_checkpoint and latest is None:
+    # Step 0, before the first (buffer-donating) train step; like the periodic saves below,
+    # this relies on orbax having copied the arrays to host when `save` returns.
+    ckpt.save(state, {'mixture_or_task_name': mixture_or_task_name, 'batch_size': batch_size,
+                      'seed': seed, 'initial_checkpoint_path': initial_checkpoint_path,
+                      'initial_checkpoint_format': initial_checkpoint_format})
   if start_step >= train_steps:
     logging.info('Checkpoint step %d >= TRAIN_STEPS=%d: nothing to do.', start_step, train_steps)
     ckpt.close()

@@ -28,7 +28,11 @@ only registers tasks.
 
 Vocabulary: `SAMPLE_VOCABULARY`, a SentencePiece model trained on the rendered
 sample text and shipped in `spt_tasks/sample_data/`; regenerate it (deterministic)
-with `python -m spt_tasks.sample --write_vocab`.
+with `python -m spt_tasks.sample --write_vocab`. To start a local run from a
+pretrained checkpoint, the tasks must speak that checkpoint's vocabulary instead:
+`use_vocabulary(path)` re-registers every sample task and mixture (same names)
+with another SentencePiece model, e.g. T5's; from gin, overlay
+`runs/sample_vocabulary.gin` (`sample.with_vocabulary`).
 
 Mixtures:
   * `spt_sample_train`: every training task; each dataset's rate (its number of
@@ -51,6 +55,7 @@ import zlib
 from typing import Any, Callable, Optional, Sequence
 
 from absl import logging
+import gin
 import seqio
 
 from spt_jax import metrics
@@ -530,7 +535,7 @@ def task_name(spec: SampleDataset, template_name: str) -> str:
 
 
 def _output_features(vocabulary=None):
-  vocabulary = vocabulary or SAMPLE_VOCABULARY
+  vocabulary = vocabulary or _VOCABULARY[0]
   # As T0: no EOS on inputs, EOS on targets.
   return {'inputs': seqio.Feature(vocabulary, add_eos=False),
           'targets': seqio.Feature(vocabulary, add_eos=True)}
@@ -540,7 +545,7 @@ def _accuracy(targets, predictions):
   return metrics.accuracy(targets, predictions)
 
 
-def _register_dataset(spec: SampleDataset) -> dict[str, list[str]]:
+def _register_dataset(spec: SampleDataset, vocabulary=None) -> dict[str, list[str]]:
   source = seqio.FunctionDataSource(
       functools.partial(_dataset_fn, name=spec.name), splits=SPLITS,
       num_input_examples={'train': NUM_TRAIN, 'validation': NUM_VALIDATION})
@@ -550,12 +555,15 @@ def _register_dataset(spec: SampleDataset) -> dict[str, list[str]]:
     name = task_name(spec, info.name)
     render = functools.partial(preprocessors.apply_template, template=template,
                                counter_name=name)
-    # Cached (USE_CACHED_TASKS) reads start after the placeholder: rendered and tokenized.
-    tokenize = [seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
-                seqio.preprocessors.append_eos]
+    # Cached (USE_CACHED_TASKS) reads start after the placeholder: rendered and tokenized
+    # with the sample vocabulary, so only tasks registered with it can be read from the cache.
+    cacheable = (vocabulary or _VOCABULARY[0]) is SAMPLE_VOCABULARY
+    tokenize = ([seqio.preprocessors.tokenize]
+                + ([seqio.CacheDatasetPlaceholder()] if cacheable else [])
+                + [seqio.preprocessors.append_eos])
     seqio.TaskRegistry.remove(name)
     seqio.TaskRegistry.add(name, source=source, preprocessors=[render] + tokenize,
-                           output_features=_output_features(), metric_fns=[_accuracy])
+                           output_features=_output_features(vocabulary), metric_fns=[_accuracy])
     names['plain'].append(name)
     if spec.heldout:
       fixed = info.fixed_answer_choices
@@ -565,7 +573,7 @@ def _register_dataset(spec: SampleDataset) -> dict[str, list[str]]:
           score_name, source=source,
           preprocessors=[render, functools.partial(preprocessors.score_eval_expand,
                                                    counter_name=score_name)] + tokenize,
-          output_features=_output_features(),
+          output_features=_output_features(vocabulary),
           postprocess_fn=metrics.rank_classification_postprocessor,
           metric_fns=[functools.partial(metrics.rank_classification,
                                         num_classes=len(fixed) if fixed else None)])
@@ -578,12 +586,12 @@ def _add_mixture(name: str, tasks: Sequence[Any], default_rate=None) -> None:
   seqio.MixtureRegistry.add(name, tasks, default_rate=default_rate)
 
 
-def _register_all():
-  """Registers every sample task and mixture; safe to call again."""
+def _register_all(vocabulary=None):
+  """Registers every sample task and mixture (default vocabulary: the current one)."""
   train, heldout_plain, heldout_score = [], [], []
   tasks_by_dataset = {}
   for spec in DATASETS:
-    names = _register_dataset(spec)
+    names = _register_dataset(spec, vocabulary)
     tasks_by_dataset[spec.name] = names
     if spec.heldout:
       heldout_plain += names['plain']
@@ -599,6 +607,9 @@ def _register_all():
   return tasks_by_dataset
 
 
+# The vocabulary the sample tasks are registered with (a one-element list: `use_vocabulary`
+# replaces it).
+_VOCABULARY = [SAMPLE_VOCABULARY]
 TASKS_BY_DATASET = _register_all()
 TRAIN_TASKS = tuple(n for d in DATASETS if not d.heldout
                     for n in TASKS_BY_DATASET[d.name]['plain'])
@@ -606,6 +617,79 @@ HELDOUT_TASKS = tuple(n for d in DATASETS if d.heldout for n in TASKS_BY_DATASET
 HELDOUT_SCORE_EVAL_TASKS = tuple(n for d in DATASETS if d.heldout
                                  for n in TASKS_BY_DATASET[d.name]['score_eval'])
 HELDOUT_MIXTURES = tuple(f'spt_{d.name}_score_eval' for d in DATASETS if d.heldout)
+
+
+# ---------------------------------------------------------------------------
+# Another vocabulary (a pretrained checkpoint's).
+# ---------------------------------------------------------------------------
+
+
+def current_vocabulary() -> seqio.Vocabulary:
+  """The vocabulary the sample tasks are registered with now."""
+  return _VOCABULARY[0]
+
+
+def use_vocabulary(sentencepiece_model: Optional[str] = None,
+                   extra_ids: int = EXTRA_IDS) -> seqio.Vocabulary:
+  """Re-registers every sample task and mixture, under the same names, with a vocabulary.
+
+  The shipped sample vocabulary (1,029 ids) suits the tiny model trained from scratch; a
+  pretrained checkpoint only makes sense with the vocabulary it was trained on, e.g. T5's
+  `sentencepiece.model` (`spiece.model` in a HF T5 download; 32,000 pieces + 100 sentinel
+  ids, for a model with vocab_size 32128). Names, data, templates and metrics stay the same,
+  so results tables and the catalog need nothing else. It changes the tasks for the whole
+  process: call it before any dataset is built (the entry points do, through gin).
+
+  Args:
+    sentencepiece_model: path of a SentencePiece model; None: the shipped sample one.
+    extra_ids: sentinel ids appended to the pieces (T5: 100).
+
+  Returns:
+    The vocabulary now in use (unchanged and nothing re-registered when it already was).
+
+  Raises:
+    FileNotFoundError: no file at `sentencepiece_model`.
+  """
+  if sentencepiece_model is None:
+    vocabulary = SAMPLE_VOCABULARY
+  else:
+    path = os.fspath(sentencepiece_model)
+    if not os.path.isfile(path):
+      raise FileNotFoundError(
+          f'SentencePiece model {path!r} not found (sample.with_vocabulary.sentencepiece_model'
+          ' / SAMPLE_SENTENCEPIECE_MODEL): point it at the vocabulary of the checkpoint, e.g. '
+          "the spiece.model of a HF T5 download or T5's sentencepiece.model.")
+    vocabulary = seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
+  current = _VOCABULARY[0]
+  if vocabulary == current:  # seqio vocabularies compare by model file and extra ids
+    return current
+  _VOCABULARY[0] = vocabulary
+  _register_all(vocabulary)
+  logging.info('Sample tasks re-registered with vocabulary %s (%d ids).',
+               sentencepiece_model or VOCAB_MODEL, vocabulary.vocab_size)
+  return vocabulary
+
+
+def with_vocabulary(name: str = TRAIN_MIXTURE, sentencepiece_model: Optional[str] = None,
+                    extra_ids: int = EXTRA_IDS) -> str:
+  """`use_vocabulary(sentencepiece_model, extra_ids)`, then returns the task name `name`.
+
+  For gin (`sample.with_vocabulary`, see gin/runs/sample_vocabulary.gin): used as the value
+  of MIXTURE_OR_TASK_NAME / EVAL_MIXTURE, it re-registers the sample tasks when the trainer or
+  evaluator is called, after every binding (command line included) is known.
+  """
+  if not name.startswith(('spt_sample_', TASK_PREFIX)):
+    raise ValueError(f'sample.with_vocabulary.name={name!r} is not a sample task or mixture '
+                     f"(names start with 'spt_sample_' or {TASK_PREFIX!r}); only those take "
+                     'another vocabulary this way.')
+  use_vocabulary(sentencepiece_model, extra_ids)
+  return name
+
+
+try:
+  gin.external_configurable(with_vocabulary, name='with_vocabulary', module='sample')
+except ValueError:  # already registered: the module was reloaded (or also run as __main__)
+  pass
 
 
 # ---------------------------------------------------------------------------
