@@ -124,6 +124,7 @@ METHOD_GIN = {'finetune': 'methods/finetune.gin', 'prompt_tuning': 'methods/prom
 # Stand-ins while the memory-bank work is not merged (each run says it was one).
 PAPER_FALLBACK_GIN = 'methods/spt.gin'
 CONTROL_FIELD = 'slot_assignment'
+KEY_INIT_FIELD = 'key_init'
 LOCAL_GIN = 'runs/local.gin'
 BASE_GIN = 'validity/base.gin'
 TRANSFER_GIN = 'validity/transfer.gin'
@@ -234,9 +235,13 @@ def gin_file_exists(name: str, search_paths: Sequence[str]) -> bool:
   return False
 
 
+def _prompt_config_fields() -> set[str]:
+  return {f.name for f in dataclasses.fields(prompts_lib.PromptConfig)}
+
+
 def control_available() -> bool:
   """Whether `prompts.PromptConfig` has the control's `slot_assignment` field."""
-  return CONTROL_FIELD in {f.name for f in dataclasses.fields(prompts_lib.PromptConfig)}
+  return CONTROL_FIELD in _prompt_config_fields()
 
 
 def method_gin_files(method: str, extra_files: Sequence[str] = (), stage: int = 1,
@@ -286,6 +291,12 @@ def resolve_method(method: str, stage: int = 1, *, bindings: Sequence[str] = (),
       raise ValueError(f'Stage 2 of {method} needs the stage-1 run to start from.')
     files.append(TRANSFER_GIN)
     extra_bindings.append(f"INITIAL_CHECKPOINT_PATH = '{initial_checkpoint}'")
+    if KEY_INIT_FIELD in _prompt_config_fields():
+      # The trainer sets data-driven keys ('queries' / 'kmeans') at step 0 of every fresh run,
+      # after the orbax restore: that would overwrite the stage-1 keys with k-means of the
+      # few-shot queries. Keys only ever come from init, so 'values_mean' here changes
+      # nothing but that (the restored keys stay).
+      extra_bindings.append(f"prompts.PromptConfig.{KEY_INIT_FIELD} = 'values_mean'")
   return MethodConfig(method=method, stage=stage, gin_files=tuple(files) + tuple(extra_files),
                       bindings=tuple(bindings) + tuple(extra_bindings), stand_in=stand_in)
 
