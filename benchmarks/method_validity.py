@@ -1179,8 +1179,9 @@ def summary_markdown(runs, acc_md: str, structure: Mapping[str, Any],
            f'lengths {config["task_feature_lengths"]}; eval `{config.get("eval_mixture")}`; '
            f'every prompt is L_p + k·L_m = {config["spt_prefix_length"]} positions long.', '',
            f'Wall time: {run_seconds:.0f} s in the {len(runs)} finished runs (training + '
-           f'eval); this invocation {config["wall_seconds"]:.0f} s including set-up, on '
-           f'{config["device"]}.']
+           f'eval); this invocation {config["wall_seconds"]:.0f} s and all invocations into '
+           f'this directory {config.get("total_wall_seconds", config["wall_seconds"]):.0f} s '
+           f'including set-up, on {config["device"]}.']
   if n_done < n_planned and runs:
     per_stage = {s: [float(r['wall_seconds']) for r in runs if r['stage'] == s] for s in (1, 2)}
     left = [p for p in planned if p not in done]
@@ -1436,6 +1437,13 @@ def run_experiment(output_dir: str, methods: Sequence[str] = METHODS,
             'device': f'{jax.device_count()} x {jax.devices()[0].device_kind}',
             'wall_seconds': 0.0, 'complete': False}
 
+  # Wall time of earlier invocations into this directory (a resumed experiment's total).
+  earlier_seconds = 0.0
+  if os.path.exists(os.path.join(output_dir, 'runs.json')):
+    with open(os.path.join(output_dir, 'runs.json')) as f:
+      earlier = json.load(f)['config']
+    earlier_seconds = float(earlier.get('total_wall_seconds', earlier.get('wall_seconds', 0.0)))
+
   # Finished runs are kept; stand-ins whose real configuration now exists are redone.
   records: dict[str, dict[str, Any]] = {}
   redo: set[str] = set()
@@ -1467,6 +1475,7 @@ def run_experiment(output_dir: str, methods: Sequence[str] = METHODS,
 
   def write(final: bool) -> dict[str, str]:
     config['wall_seconds'] = time.time() - t_start
+    config['total_wall_seconds'] = earlier_seconds + config['wall_seconds']
     config['complete'] = all(n in records for n in names)
     write_runs_json(output_dir, config, ordered())
     if final:
