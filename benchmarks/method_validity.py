@@ -1,58 +1,90 @@
-r"""Method validity (issue 8): does SPT's retrieval do what the method claims?
+r"""Method validity: does SPT's retrieval do what the method claims, and does it help?
 
 On the embedded sample mixture (`spt_tasks/sample.py`: 9 training datasets in 4 clusters,
 3 held-out datasets each built to resemble one cluster) this script trains, with the
 project's own trainer (`spt_jax.train.train`, gin-configured) and evaluator
-(`spt_jax.evaluate.Evaluation`):
+(`spt_jax.evaluate.Evaluation`), on the tiny model from scratch (`runs/local.gin`) with the
+overlays in `gin/validity/`:
 
-* plain fine-tuning (`methods/finetune.gin`),
-* prompt tuning (`methods/prompt_tuning.gin`) with a soft prompt as long as SPT's whole
-  prefix, L_p(PT) = L_p(SPT) + k * L_m (bound here from the SPT gin config),
-* SPT (`methods/spt.gin`, its defaults),
+Stage 1 (multitask training on the training clusters, paper setting (i); everything trains):
 
-each over several seeds, on the tiny model from scratch (`runs/local.gin`) with the overlays
-in `gin/validity/`. It then answers three questions:
+* `finetune` — plain fine-tuning (`methods/finetune.gin`);
+* `prompt_tuning` — a soft prompt as long as SPT's whole prefix,
+  L_p(PT) = L_p(SPT) + k * L_m (bound here from the SPT gin config);
+* `spt` — `methods/spt.gin`, the default SPT;
+* `spt_paper` — `methods/spt_paper.gin`, SPT as first read from the paper (no memory-bank
+  remedies); until that file exists, `methods/spt.gin` stands in (marked in summary.md);
+* `spt_fixed_random` — the control: `methods/spt.gin` with
+  `prompts.PromptConfig.slot_assignment = 'fixed_random'` (the slots an example reads are a
+  fixed random hash of its prompt and never learn); until PromptConfig has that field,
+  plain SPT stands in (marked).
+
+Stage 2 (transfer, paper experiment (ii) in miniature; `gin/validity/transfer.gin`): each
+stage-1 `prompt_tuning`, `spt` and `spt_fixed_random` run's final checkpoint is restored
+with INITIAL_CHECKPOINT_FORMAT = 'orbax' (trained soft prompt and memory bank kept), the
+backbone is frozen (`train.trainable = 'prompts_only'`) and the prompts are tuned on 32
+training rows of each held-out dataset (`spt_tasks/sample_fewshot.py`), Adafactor at 0.3 for
+TRANSFER_STEPS steps, then evaluated as in stage 1.
+
+Every run is repeated over seeds (`train.seed`: initialisation and data order; a stage-2
+run of seed s starts from the stage-1 run of seed s). The questions:
 
 1. Transfer: held-out accuracy by rank classification (mean over templates per dataset;
-   mean ± std over seeds; per dataset and averaged).
-2. Health: does SPT use its memory bank? Slot-usage entropy ÷ log M and the fraction of
-   never-used slots, on fixed probe sets of training-form and held-out inputs at a few
-   steps of training, the trainer's own cumulative never-used fraction over all training
-   retrievals (metrics.jsonl), and the evaluator's per-dataset health at eval.
-3. Structure: does retrieval follow the discrete prompt? Held-out datasets × training
-   clusters overlap (histogram intersection of slot usage) and, per held-out dataset, the
-   share of its retrievals that land in the slots holding half of the retrievals of the
-   cluster it was built to resemble (`HELDOUT_RESEMBLES`), against chance (= that slot
-   set's size / M) and against the other clusters' slot sets.
+   mean ± std over seeds; per dataset and averaged), zero-shot after stage 1 and after the
+   few-shot stage 2; the SPT − PT gap with the standard error of the per-seed difference,
+   and whether it exceeds two standard errors.
+2. Control: does `spt` beat `spt_fixed_random` by more than two standard errors? If not,
+   summary.md says that retrieval adds nothing measurable here.
+3. Health over training: the trainer's cumulative never-used fraction and cumulative
+   normalized slot entropy over all training retrievals (metrics.jsonl; a trainer that logs
+   only `retrieval/never_used_fraction` gives the first alone), mean over seeds; plus probe
+   health (entropy ÷ log M, never-used fraction on fixed probe inputs at a few steps) and
+   the evaluator's health at eval.
+4. Structure: held-out datasets × training clusters overlap (histogram intersection of slot
+   usage) and the share of a held-out dataset's retrievals in the slots holding half of the
+   retrievals of the cluster it was built to resemble (`HELDOUT_RESEMBLES`), against chance
+   and the other clusters, at each probe step; whether that share moved from step 1 to the
+   final step (paired over seeds, two standard errors).
 
-Run (full experiment; ~20 min on an idle 2-core machine, see docs/METHOD_VALIDITY.md)::
+Run (detached; resumable: a rerun with the same --output_dir skips finished runs)::
 
-  python benchmarks/method_validity.py --output_dir=/tmp/method_validity
+  setsid nohup python benchmarks/method_validity.py --output_dir=/tmp/method_validity \
+    > /tmp/method_validity.log 2>&1 &
 
-  # CI smoke run: 1 seed, a few steps, tiny probes / eval
+  # CI smoke run: 1 seed, a few steps, tiny probes / eval, every method and stage 2
   python benchmarks/method_validity.py --output_dir=/tmp/mv_quick --quick
 
-Flags: --output_dir, --seeds (comma list), --steps (overrides TRAIN_STEPS), --methods
-(comma list of finetune, prompt_tuning, spt), --quick, plus --gin_file / --gin_bindings /
---gin.NAME=VALUE overlays applied after gin/validity/ (e.g. `--gin.BATCH_SIZE=32`).
+Flags: --output_dir, --seeds (comma list), --steps (stage 1, overrides TRAIN_STEPS),
+--transfer_steps (stage 2, overrides TRANSFER_STEPS), --methods (comma list of METHODS),
+--transfer_methods (comma list of TRANSFER_METHODS; empty: no stage 2), --quick, --rewrite,
+plus --gin_file / --gin_bindings / --gin.NAME=VALUE overlays applied after gin/validity/
+(e.g. `--gin.BATCH_SIZE=32`).
 
-Outputs in --output_dir:
-  accuracy.{json,csv,md}      held-out accuracy per method × dataset (per seed, mean, std)
-  accuracy.png                the same as bars with ±std error bars
-  health.{json,csv}           SPT retrieval health per seed × probe step (+ eval health)
-  health_over_training.png    entropy ratio and never-used fraction over training
-  structure.json              overlap matrices and resemblance shares per seed and step
-  overlap_heatmap.png         held-out datasets × clusters, final step, mean over seeds
-  resemblance_share.png       share in the resembled cluster's top slots vs other clusters
-                              and chance (final step, mean over seeds)
-  summary.md                  the figures above in one page + settings + wall times
-  runs/<method>_seed<s>/      each training run (metrics.jsonl, checkpoint, eval results)
+Outputs in --output_dir (all rewritten after every finished run; summary.md says how many
+of the planned runs are complete):
+  accuracy.{json,csv,md}        held-out accuracy per stage × method × dataset (per seed,
+                                mean, std)
+  accuracy.png                  stage 1 as bars with ±std error bars
+  accuracy_transfer.png         stage 2 likewise
+  comparisons.json              SPT − PT and SPT − control differences with their SE
+  health.{json,csv}             retrieval health: training curves, probes, eval
+  health_over_training.png      cumulative never-used fraction and normalized entropy vs
+                                step (metrics.jsonl), mean over seeds, per SPT method
+  health_probes.png             probe entropy ratio and never-used fraction per seed
+  structure.json                overlap matrices, resemblance shares and their change
+  overlap_heatmap.png           held-out datasets × clusters, final step, mean over seeds
+  resemblance_share.png         share in the resembled cluster's top slots vs other
+                                clusters and chance (final step, mean over seeds)
+  summary.md                    all of the above in one page + settings + wall times
+  runs.json                     the settings and every finished run's record
+  runs/<method>_seed<s>/        a stage-1 run: metrics.jsonl, checkpoint, eval results,
+                                config.gin and record.json (its accuracy, health and
+                                structure inputs, written when it finishes)
+  runs/<method>_fewshot_seed<s>/  a stage-2 run, likewise
 
 How the retrieval logs are collected: `train.train(hooks=...)` calls a hook after every
 step; at the probe steps it applies `model.network.encode` with `mutable=['retrieval']` to
-the probe inputs and keeps the sown slot ids. (A trainer hook that logs retrieval indices
-with the task name of every training example would let the cluster usage come from the
-training batches themselves; seqio mixtures do not carry the task name.)
+the probe inputs and keeps the sown slot ids.
 """
 from __future__ import annotations
 
@@ -61,6 +93,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -77,29 +110,54 @@ import numpy as np
 
 from spt_jax import evaluate as evaluate_lib
 from spt_jax import gin_configurables
-from spt_jax import retrieval_analysis as ra
 from spt_jax import plots
+from spt_jax import prompts as prompts_lib
+from spt_jax import retrieval_analysis as ra
 from spt_jax import runner
 
-METHODS = ('finetune', 'prompt_tuning', 'spt')
-METHOD_GIN = {m: f'methods/{m}.gin' for m in METHODS}
+METHODS = ('finetune', 'prompt_tuning', 'spt', 'spt_paper', 'spt_fixed_random')
+MEMORY_METHODS = ('spt', 'spt_paper', 'spt_fixed_random')
+TRANSFER_METHODS = ('prompt_tuning', 'spt', 'spt_fixed_random')
+METHOD_GIN = {'finetune': 'methods/finetune.gin', 'prompt_tuning': 'methods/prompt_tuning.gin',
+              'spt': 'methods/spt.gin', 'spt_paper': 'methods/spt_paper.gin',
+              'spt_fixed_random': 'methods/spt.gin'}
+# Stand-ins while the memory-bank work is not merged (each run says it was one).
+PAPER_FALLBACK_GIN = 'methods/spt.gin'
+CONTROL_FIELD = 'slot_assignment'
+KEY_INIT_FIELD = 'key_init'
 LOCAL_GIN = 'runs/local.gin'
 BASE_GIN = 'validity/base.gin'
+TRANSFER_GIN = 'validity/transfer.gin'
+RECORD_JSON = 'record.json'
+# Pairs whose difference summary.md tests (first minus second).
+COMPARISONS = (('spt', 'prompt_tuning'), ('spt', 'spt_fixed_random'),
+               ('spt_paper', 'prompt_tuning'), ('spt', 'spt_paper'))
 
-_OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Results directory (created).')
+_OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Results directory (created; a rerun '
+                                  'with the same directory skips finished runs).')
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Training seeds (train.seed).')
-_STEPS = flags.DEFINE_integer('steps', None, 'Training steps (default: TRAIN_STEPS of '
+_STEPS = flags.DEFINE_integer('steps', None, 'Stage-1 training steps (default: TRAIN_STEPS of '
                               'gin/validity/base.gin).')
-_METHODS = flags.DEFINE_list('methods', list(METHODS), f'Methods, any of {METHODS}.')
+_TRANSFER_STEPS = flags.DEFINE_integer('transfer_steps', None, 'Stage-2 steps (default: '
+                                       'TRANSFER_STEPS of gin/validity/transfer.gin).')
+_METHODS = flags.DEFINE_list('methods', list(METHODS), f'Stage-1 methods, any of {METHODS}.')
+_TRANSFER_METHODS = flags.DEFINE_list(
+    'transfer_methods', list(TRANSFER_METHODS),
+    f'Stage-2 methods, any of {TRANSFER_METHODS} that are also in --methods; empty: none.')
 _QUICK = flags.DEFINE_bool('quick', False, 'CI smoke run: 1 seed, few steps, tiny probes and '
-                           'eval (every output file is still written).')
-
-_REWRITE = flags.DEFINE_bool('rewrite', False, 'Only re-write the outputs from '
-                             '<output_dir>/runs.json (e.g. after an interrupted experiment).')
+                           'eval (every method, stage 2 and every output file still run).')
+_REWRITE = flags.DEFINE_bool('rewrite', False, 'Only re-write the outputs from the finished '
+                             'runs in <output_dir>/runs/*/record.json (no training).')
+_COMPILATION_CACHE = flags.DEFINE_bool(
+    'compilation_cache', True, 'Persist XLA compilations in <output_dir>/jax_cache (runs of '
+    'the same method over seeds compile the same step function).')
 
 QUICK_STEPS = 6
+QUICK_TRANSFER_STEPS = 2
 QUICK_BINDINGS = (
     'method_validity.Settings.eval_num_examples = 4',
+    'method_validity.Settings.eval_templates_per_dataset = 1',
+    'method_validity.Settings.train_templates_per_dataset = 1',
     'method_validity.Settings.probe_train_examples_per_task = 1',
     'method_validity.Settings.probe_heldout_examples_per_task = 2',
     'method_validity.Settings.probe_fractions = (0.0, 1.0)',
@@ -115,16 +173,24 @@ class Settings:
   Attributes:
     eval_mixture: seqio mixture of held-out `_score_eval` tasks (rank classification).
     eval_num_examples: rows (answer-choice rows) per template task; None: all.
+    eval_templates_per_dataset: evaluate only the first N templates of each held-out
+      dataset (a sub-mixture registered by the script; the smoke run uses 1); None: all.
+    train_templates_per_dataset: train (stage 1 and stage 2) on only the first N templates
+      of each dataset (sub-mixtures registered by the script, the tasks' rates kept). Only
+      for the smoke run: building the 71-task training mixture's input pipeline dominates a
+      run of a few steps on CPU. None: the whole mixtures.
     eval_batch_size: global batch of the scoring calls.
     probe_train_examples_per_task: validation inputs per training task in the cluster probe.
     probe_heldout_examples_per_task: validation inputs per held-out task in its probe.
-    probe_fractions: fractions of the training steps at which the probes run (0.0 means
+    probe_fractions: fractions of the stage-1 steps at which the probes run (0.0 means
       after the first step; 1.0 the final step).
     overlap_method: `retrieval_analysis.overlap` method ('intersection' | 'cosine').
     top_slots_mass: a cluster's most-used slots hold this share of its retrievals.
   """
   eval_mixture: str = 'spt_sample_heldout_score_eval'
   eval_num_examples: Optional[int] = 200
+  eval_templates_per_dataset: Optional[int] = None
+  train_templates_per_dataset: Optional[int] = None
   eval_batch_size: int = 64
   probe_train_examples_per_task: int = 8
   probe_heldout_examples_per_task: int = 16
@@ -134,32 +200,185 @@ class Settings:
 
 
 # ------------------------------------------------------------------------------------------
-# Gin.
+# Gin: which files and bindings make each (stage, method).
 # ------------------------------------------------------------------------------------------
-def method_gin_files(method: str, extra_files: Sequence[str] = ()) -> list[str]:
-  """Gin files of one method: method, local CPU overlay, validity base + method overlay."""
+@dataclasses.dataclass(frozen=True)
+class MethodConfig:
+  """The gin configuration of one (stage, method).
+
+  Attributes:
+    method: a name in METHODS.
+    stage: 1 (multitask training) or 2 (few-shot prompt tuning from a stage-1 run).
+    gin_files: files in order (method, local CPU overlay, validity base, method overlay,
+      stage-2 overlay, user files).
+    bindings: bindings after the files (quick mode, the script's own, the user's).
+    stand_in: why the run is NOT the method it is named after (its file or gin field does
+      not exist yet and a stand-in runs instead); None when it is.
+  """
+  method: str
+  stage: int
+  gin_files: tuple[str, ...]
+  bindings: tuple[str, ...]
+  stand_in: Optional[str] = None
+
+
+def _repo_root() -> str:
+  return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def gin_file_exists(name: str, search_paths: Sequence[str]) -> bool:
+  """Whether `name` resolves under a search path (as `runner.parse_gin` searches them)."""
+  for path in search_paths:
+    for candidate in (path, os.path.join(_repo_root(), path)):
+      if os.path.isfile(os.path.join(candidate, name)):
+        return True
+  return False
+
+
+def _prompt_config_fields() -> set[str]:
+  return {f.name for f in dataclasses.fields(prompts_lib.PromptConfig)}
+
+
+def control_available() -> bool:
+  """Whether `prompts.PromptConfig` has the control's `slot_assignment` field."""
+  return CONTROL_FIELD in _prompt_config_fields()
+
+
+def method_gin_files(method: str, extra_files: Sequence[str] = (), stage: int = 1,
+                     search_paths: Sequence[str] = ('gin',)) -> list[str]:
+  """Gin files of one (stage, method); see `resolve_method`."""
+  return list(resolve_method(method, stage, search_paths=search_paths,
+                             extra_files=extra_files).gin_files)
+
+
+def resolve_method(method: str, stage: int = 1, *, bindings: Sequence[str] = (),
+                   extra_files: Sequence[str] = (), search_paths: Sequence[str] = ('gin',),
+                   initial_checkpoint: Optional[str] = None) -> MethodConfig:
+  """Files and bindings of one (stage, method), with stand-ins for what does not exist yet.
+
+  Args:
+    method: a name in METHODS (stage 2: in TRANSFER_METHODS).
+    stage: 1 or 2.
+    bindings: bindings applied after the files (e.g. quick mode's, the prompt length).
+    extra_files: the user's gin files, applied after the validity overlays.
+    search_paths: gin search paths.
+    initial_checkpoint: stage 2: the stage-1 run's MODEL_DIR to start from.
+
+  Raises:
+    ValueError: an unknown method, or stage 2 of a method without prompts / without a
+      stage-1 checkpoint.
+  """
   if method not in METHODS:
     raise ValueError(f'Unknown method {method!r}; --methods takes a comma list of {METHODS}.')
-  return [METHOD_GIN[method], LOCAL_GIN, BASE_GIN, f'validity/{method}.gin', *extra_files]
+  if stage not in (1, 2):
+    raise ValueError(f'stage must be 1 or 2, got {stage}.')
+  if stage == 2 and method not in TRANSFER_METHODS:
+    raise ValueError(f'Unknown transfer method {method!r}; --transfer_methods takes a comma '
+                     f'list of {TRANSFER_METHODS} (fine-tuning has no prompt to tune).')
+  method_file, overlay, stand_in = METHOD_GIN[method], f'validity/{method}.gin', None
+  if method == 'spt_paper' and not gin_file_exists(method_file, search_paths):
+    method_file = PAPER_FALLBACK_GIN
+    stand_in = (f'{METHOD_GIN[method]} does not exist yet: {PAPER_FALLBACK_GIN} ran in its '
+                'place, so this run is the default SPT under another name.')
+  if method == 'spt_fixed_random' and not control_available():
+    overlay = 'validity/spt.gin'
+    stand_in = (f'prompts.PromptConfig has no {CONTROL_FIELD!r} field yet: the default SPT '
+                'ran in its place, so this run is NOT the fixed-random control.')
+  files = [method_file, LOCAL_GIN, BASE_GIN, overlay]
+  extra_bindings = []
+  if stage == 2:
+    if not initial_checkpoint:
+      raise ValueError(f'Stage 2 of {method} needs the stage-1 run to start from.')
+    files.append(TRANSFER_GIN)
+    extra_bindings.append(f"INITIAL_CHECKPOINT_PATH = '{initial_checkpoint}'")
+    if KEY_INIT_FIELD in _prompt_config_fields():
+      # The trainer sets data-driven keys ('queries' / 'kmeans') at step 0 of every fresh run,
+      # after the orbax restore: that would overwrite the stage-1 keys with k-means of the
+      # few-shot queries. Keys only ever come from init, so 'values_mean' here changes
+      # nothing but that (the restored keys stay).
+      extra_bindings.append(f"prompts.PromptConfig.{KEY_INIT_FIELD} = 'values_mean'")
+  return MethodConfig(method=method, stage=stage, gin_files=tuple(files) + tuple(extra_files),
+                      bindings=tuple(bindings) + tuple(extra_bindings), stand_in=stand_in)
+
+
+def parse_config(config: MethodConfig, search_paths: Sequence[str] = ('gin',)) -> None:
+  """Clears gin and parses one configuration (not finalized: MODEL_DIR comes later)."""
+  gin.clear_config()
+  runner.parse_gin(list(config.gin_files), list(config.bindings), search_paths,
+                   finalize=False)
 
 
 def parse_method_gin(method: str, bindings: Sequence[str] = (), extra_files: Sequence[str] = (),
-                     search_paths: Sequence[str] = ('gin',)) -> None:
-  """Clears gin and parses one method's configuration (not finalized: MODEL_DIR comes later)."""
-  gin.clear_config()
-  runner.parse_gin(method_gin_files(method, extra_files), list(bindings), search_paths,
-                   finalize=False)
+                     search_paths: Sequence[str] = ('gin',)) -> MethodConfig:
+  """Clears gin and parses one stage-1 method's configuration; returns it."""
+  config = resolve_method(method, 1, bindings=bindings, extra_files=extra_files,
+                          search_paths=search_paths)
+  parse_config(config, search_paths)
+  return config
 
 
 def spt_prefix_length(bindings: Sequence[str], extra_files: Sequence[str],
                       search_paths: Sequence[str]) -> int:
-  """L_p + k * L_m of the SPT gin configuration (what prompt tuning must match)."""
+  """L_p + k * L_m of the default SPT configuration (what every method must match)."""
   parse_method_gin('spt', bindings, extra_files, search_paths)
   model = gin_configurables.create_model()
   if model.network.prompt_config is None:
     raise ValueError('The SPT gin configuration builds a model without prompts; check '
                      'methods/spt.gin and the overlays.')
   return int(model.network.prompt_config.prefix_length)
+
+
+def check_prefix_length(method: str, prefix: int) -> None:
+  """Raises unless the parsed configuration's prefix is `prefix` (equal prompt length)."""
+  config = gin_configurables.create_model().network.prompt_config
+  length = config.prefix_length if config is not None else 0
+  if length != prefix:
+    raise ValueError(f'{method}: total prompt length {length} != the default SPT prefix '
+                     f'{prefix}; every prompt method must have the same L_p + k * L_m (check '
+                     f'gin/methods/ and gin/validity/{method}.gin).')
+
+
+def first_templates_mixture(mixture_name: str, tasks_by_dataset: Mapping[str, Sequence[str]],
+                            per_dataset: Optional[int]) -> str:
+  """`mixture_name`, or a registered sub-mixture of its first `per_dataset` tasks of each
+  dataset (`tasks_by_dataset`: the registry's `{dataset: [task names in template order]}`),
+  each at its rate in the full mixture. None: the full mixture."""
+  if per_dataset is None:
+    return mixture_name
+  import seqio  # pylint: disable=g-import-not-at-top
+  mixture = seqio.get_mixture_or_task(mixture_name)
+  wanted = {t.name: t for t in mixture.tasks}
+  tasks = []
+  for names in tasks_by_dataset.values():
+    tasks += [(n, mixture.get_rate(wanted[n])) for n in names if n in wanted][:per_dataset]
+  if not tasks:
+    raise ValueError(f'No task of {mixture_name!r} is in the given datasets.')
+  name = f'{mixture_name}_first{per_dataset}'
+  seqio.MixtureRegistry.remove(name)
+  seqio.MixtureRegistry.add(name, tasks)
+  return name
+
+
+def experiment_mixtures(settings: Settings) -> dict[str, str]:
+  """The stage-1 / stage-2 training and the evaluation mixtures of these settings.
+
+  Returns:
+    `{'train': ..., 'transfer': ..., 'eval': ...}`; the full mixtures unless
+    `train_templates_per_dataset` / `eval_templates_per_dataset` ask for sub-mixtures.
+  """
+  from spt_tasks import sample  # pylint: disable=g-import-not-at-top
+  from spt_tasks import sample_fewshot  # pylint: disable=g-import-not-at-top
+  plain = {d: v['plain'] for d, v in sample.TASKS_BY_DATASET.items()}
+  score = {d: v['score_eval'] for d, v in sample.TASKS_BY_DATASET.items()}
+  return {
+      'train': first_templates_mixture(sample.TRAIN_MIXTURE, plain,
+                                       settings.train_templates_per_dataset),
+      'transfer': first_templates_mixture(sample_fewshot.MIXTURE,
+                                          sample_fewshot.TASKS_BY_DATASET,
+                                          settings.train_templates_per_dataset),
+      'eval': first_templates_mixture(settings.eval_mixture, score,
+                                      settings.eval_templates_per_dataset),
+  }
 
 
 # ------------------------------------------------------------------------------------------
@@ -258,27 +477,70 @@ def _read_jsonl(path: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in f if line.strip()]
 
 
-def run_one(method: str, seed: int, run_dir: str, settings: Settings, evaluator,
-            probes: Optional[tuple[Probe, Probe]], train_steps: int) -> dict[str, Any]:
-  """Trains one (method, seed) with the gin-configured trainer; evaluates; probes retrieval.
+CUMULATIVE_NEVER_USED = 'retrieval/cumulative_never_used_fraction'
+CUMULATIVE_ENTROPY = 'retrieval/cumulative_normalized_entropy'
+LEGACY_NEVER_USED = 'retrieval/never_used_fraction'   # cumulative too, in today's trainer
 
-  gin must hold this method's configuration (`parse_method_gin`).
+
+def retrieval_curve(rows: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+  """Per-step retrieval health over all training retrievals so far, from metrics.jsonl rows.
+
+  Prefers the trainer's `retrieval/cumulative_*` keys; a trainer that logs only
+  `retrieval/never_used_fraction` (also cumulative) gives the never-used curve alone and
+  entropy None. Rows of one step (the trainer writes scalars and perf rows separately) are
+  merged.
+
+  Returns:
+    (`[{'step', 'cumulative_never_used_fraction', 'cumulative_normalized_entropy',
+    'batch_normalized_entropy'}]` in step order, the source: 'cumulative' | 'legacy' |
+    'none').
   """
+  by_step: dict[int, dict[str, Any]] = {}
+  for r in rows:
+    if r.get('step', -1) >= 0:
+      by_step.setdefault(int(r['step']), {}).update(r)
+  has_cumulative = any(CUMULATIVE_NEVER_USED in r or CUMULATIVE_ENTROPY in r
+                       for r in by_step.values())
+  never_key = CUMULATIVE_NEVER_USED if has_cumulative else LEGACY_NEVER_USED
+  curve = []
+  for step in sorted(by_step):
+    r = by_step[step]
+    never, entropy = r.get(never_key), r.get(CUMULATIVE_ENTROPY)
+    if never is None and entropy is None:
+      continue
+    curve.append({'step': step, 'cumulative_never_used_fraction': never,
+                  'cumulative_normalized_entropy': entropy,
+                  'batch_normalized_entropy': r.get('retrieval/normalized_entropy')})
+  source = 'cumulative' if has_cumulative else ('legacy' if curve else 'none')
+  return curve, source
+
+
+def run_one(config: MethodConfig, seed: int, run_dir: str, settings: Settings, evaluator,
+            eval_mixture: str, probes: Optional[tuple[Probe, Probe]],
+            train_steps: int) -> dict[str, Any]:
+  """Trains one (stage, method, seed) with the gin-configured trainer; evaluates; probes.
+
+  gin must hold this configuration (`parse_config`). Returns the run's record (also written
+  to `<run_dir>/record.json` by the caller).
+  """
+  method, stage = config.method, config.stage
   captured: dict[str, Any] = {}
   probe_log: list[dict[str, Any]] = []
   eval_metrics: dict[str, float] = {}
   steps_to_probe = set(probe_steps(train_steps, settings.probe_fractions))
+  title = f'{method}, seed {seed}' + (', few-shot stage 2' if stage == 2 else '')
 
   def eval_factory(setup: runner.ModelSetup):
     captured['setup'] = setup
     captured['evaluation'] = evaluate_lib.Evaluation(
-        setup, settings.eval_mixture, batch_size=settings.eval_batch_size,
+        setup, eval_mixture, batch_size=settings.eval_batch_size,
         output_dir=os.path.join(run_dir, 'eval'), per_step_subdir=True,
-        title=f'{method}, seed {seed}: held-out sample tasks', evaluator=evaluator)
+        title=f'{title}: held-out sample tasks', evaluator=evaluator)
     model = setup.model
-    if model.has_memory and probes is not None:
-      captured['probe'] = RetrievalProbe(setup)
+    if model.has_memory:
       captured['memory_size'] = model.network.prompt_config.memory_size
+      if probes is not None:
+        captured['probe'] = RetrievalProbe(setup)
 
     def run_eval(params, step):
       t = time.time()
@@ -295,8 +557,14 @@ def run_one(method: str, seed: int, run_dir: str, settings: Settings, evaluator,
       return
     train_probe, held_probe = probes
     fn = captured['probe']
-    train_idx = fn(state.params, train_probe.tokens)
-    held_idx = fn(state.params, held_probe.tokens)
+    try:
+      train_idx = fn(state.params, train_probe.tokens)
+      held_idx = fn(state.params, held_probe.tokens)
+    except (KeyError, TypeError) as e:  # A network that sows no slot ids (e.g. a new mode).
+      logging.warning('%s seed %d: retrieval probe failed (%r); no probes for this run.',
+                      method, seed, e)
+      captured.pop('probe')
+      return
     stats = probe_statistics(train_idx, train_probe.labels, held_idx, held_probe.labels,
                              captured['memory_size'], settings)
     stats['step'] = int(step)
@@ -311,37 +579,60 @@ def run_one(method: str, seed: int, run_dir: str, settings: Settings, evaluator,
       eval_hook_factory=eval_factory, eval_every_steps=0)
   wall = time.time() - t0
   if 'eval_step' not in captured:
-    raise RuntimeError(f'{method} seed {seed}: the trainer ended at step {result["step"]} '
-                       'without the final evaluation (preempted?); rerun the script.')
+    raise RuntimeError(f'{method} seed {seed} stage {stage}: the trainer ended at step '
+                       f'{result["step"]} without the final evaluation (preempted?); rerun '
+                       'the script (the unfinished run is started afresh).')
   eval_dir = captured['evaluation'].results_dir(captured['eval_step'])
   from spt_jax import results as results_lib  # pylint: disable=g-import-not-at-top
   results = results_lib.load_results(os.path.join(eval_dir, results_lib.RESULTS_JSON))
-  training = [r for r in _read_jsonl(os.path.join(run_dir, 'metrics.jsonl'))
-              if r.get('step', -1) >= 0 and 'loss' in r]
-  train_retrieval = [
-      {'step': r['step'],
-       'batch_normalized_entropy': r.get('retrieval/normalized_entropy'),
-       'cumulative_never_used_fraction': r.get('retrieval/never_used_fraction')}
-      for r in training if 'retrieval/never_used_fraction' in r]
+  rows = _read_jsonl(os.path.join(run_dir, 'metrics.jsonl'))
+  training = [r for r in rows if r.get('step', -1) >= 0 and 'loss' in r]
+  curve, curve_source = retrieval_curve(rows) if captured.get('memory_size') else ([], 'none')
   eval_health = {k: v for k, v in eval_metrics.items() if '/retrieval_' in k}
   final_loss = training[-1]['loss'] if training else float('nan')
   return {
-      'method': method, 'seed': seed, 'run_dir': run_dir, 'wall_seconds': wall,
-      'eval_seconds': captured.get('eval_seconds'), 'final_step': int(result['step']),
-      'final_train_loss': final_loss,
+      'name': run_name(stage, method, seed), 'method': method, 'stage': stage, 'seed': seed,
+      'run_dir': run_dir, 'train_steps': train_steps, 'stand_in': config.stand_in,
+      'gin_files': list(config.gin_files), 'bindings': list(config.bindings),
+      'wall_seconds': wall, 'eval_seconds': captured.get('eval_seconds'),
+      'finished_at': time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime()),
+      'final_step': int(result['step']), 'final_train_loss': final_loss,
       'final_token_accuracy': training[-1].get('token_accuracy') if training else None,
       'datasets': {d: {'mean': e['mean'], 'median': e['median'],
                        'templates': e['templates']} for d, e in results['datasets'].items()},
       'overall': results['overall'],
       'memory_size': captured.get('memory_size'),
       'probes': probe_log,
-      'train_retrieval': train_retrieval,
+      'train_retrieval': curve, 'train_retrieval_source': curve_source,
       'eval_health': eval_health,
   }
 
 
+def run_name(stage: int, method: str, seed: int) -> str:
+  """Directory name of a run under `<output_dir>/runs/`."""
+  return f'{method}_seed{seed}' if stage == 1 else f'{method}_fewshot_seed{seed}'
+
+
+def load_record(run_dir: str) -> Optional[dict[str, Any]]:
+  """A finished run's record (`record.json`), or None if the run did not finish."""
+  path = os.path.join(run_dir, RECORD_JSON)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def write_record(run_dir: str, record: Mapping[str, Any]) -> str:
+  """Writes `record.json` atomically: its presence means the run finished."""
+  path = os.path.join(run_dir, RECORD_JSON)
+  with open(path + '.tmp', 'w') as f:
+    json.dump(record, f, indent=2)
+  os.replace(path + '.tmp', path)
+  return path
+
+
 # ------------------------------------------------------------------------------------------
-# Aggregation and writing.
+# Statistics over seeds.
 # ------------------------------------------------------------------------------------------
 def mean_std(values: Sequence[float]) -> dict[str, Any]:
   """`{'mean', 'std', 'n', 'values'}`; std is the sample std (ddof 1), None for n < 2."""
@@ -351,11 +642,131 @@ def mean_std(values: Sequence[float]) -> dict[str, Any]:
           'n': int(v.size), 'values': v.tolist()}
 
 
+def difference_stats(a: Mapping[int, float], b: Mapping[int, float]) -> dict[str, Any]:
+  """`a − b` over seeds with its standard error, and whether it exceeds two of them.
+
+  Paired when at least two seeds are in both (a seed fixes initialisation and data order
+  for both methods, and a stage-2 run starts from the stage-1 run of its seed): the
+  difference is the mean of the per-seed differences d_s and SE = std(d, ddof 1) / sqrt(n).
+  Otherwise unpaired: difference of the means, SE = sqrt(var_a / n_a + var_b / n_b) (None if
+  either side has fewer than two seeds).
+
+  Args:
+    a, b: `{seed: value}`.
+
+  Returns:
+    `{'difference', 'se', 'n', 'paired', 'seeds', 'mean_a', 'mean_b', 'exceeds_2se'}`;
+    `exceeds_2se` is `|difference| > 2 SE` (None without an SE).
+  """
+  a = {int(k): float(v) for k, v in a.items() if v is not None}
+  b = {int(k): float(v) for k, v in b.items() if v is not None}
+  common = sorted(set(a) & set(b))
+  out = {'mean_a': float(np.mean(list(a.values()))) if a else None,
+         'mean_b': float(np.mean(list(b.values()))) if b else None}
+  if len(common) >= 2:
+    d = np.asarray([a[s] - b[s] for s in common])
+    diff, se, n, paired, seeds = float(d.mean()), float(d.std(ddof=1) / math.sqrt(d.size)), (
+        d.size), True, common
+  else:
+    va, vb = np.asarray(list(a.values())), np.asarray(list(b.values()))
+    diff = float(va.mean() - vb.mean()) if va.size and vb.size else None
+    se = (float(math.sqrt(va.var(ddof=1) / va.size + vb.var(ddof=1) / vb.size))
+          if va.size > 1 and vb.size > 1 else None)
+    n, paired, seeds = min(va.size, vb.size), False, sorted(set(a) | set(b))
+  exceeds = None if se is None or diff is None else bool(abs(diff) > 2.0 * se)
+  out.update(difference=diff, se=se, n=int(n), paired=paired, seeds=seeds, exceeds_2se=exceeds)
+  return out
+
+
+def aggregate_curves(curves: Sequence[Sequence[tuple[int, Optional[float]]]]) -> dict[str, Any]:
+  """Mean ± std over runs of `(step, value)` curves, on the steps every run has.
+
+  Points with value None are dropped first; a run left with no point does not count.
+  Steps are intersected rather than interpolated: the trainer logs every step, so runs of
+  one configuration share their steps and the intersection is the whole curve.
+
+  Returns:
+    `{'steps': [S], 'mean': [S], 'std': [S] or None (one run), 'n': runs}`.
+  """
+  maps = [{int(s): float(v) for s, v in c if v is not None} for c in curves]
+  maps = [m for m in maps if m]
+  if not maps:
+    return {'steps': [], 'mean': [], 'std': None, 'n': 0}
+  steps = sorted(set.intersection(*(set(m) for m in maps)))
+  values = np.asarray([[m[s] for s in steps] for m in maps], np.float64).reshape(len(maps), -1)
+  return {'steps': steps, 'mean': values.mean(0).tolist(),
+          'std': values.std(0, ddof=1).tolist() if len(maps) > 1 else None, 'n': len(maps)}
+
+
+def curve_at(curve: Mapping[str, Any], fractions: Sequence[float]) -> list[dict[str, Any]]:
+  """Points of an aggregated curve nearest to fractions of its step range (unique, ordered)."""
+  steps = curve['steps']
+  if not steps:
+    return []
+  span = steps[-1] - steps[0]
+  picked = sorted({int(np.argmin([abs(s - steps[0] - f * span) for s in steps]))
+                   for f in fractions})
+  return [{'step': steps[i], 'mean': curve['mean'][i],
+           'std': curve['std'][i] if curve['std'] else None} for i in picked]
+
+
+HEALTH_CURVES = (('cumulative_never_used_fraction', 'never-used fraction'),
+                 ('cumulative_normalized_entropy', 'normalized entropy'))
+
+
+def training_curves(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+  """`{stage: {method: {curve key: aggregate_curves, 'source': [...]}}}` of memory runs."""
+  out: dict[str, Any] = {}
+  for r in runs:
+    if not r.get('train_retrieval'):
+      continue
+    out.setdefault(str(r['stage']), {}).setdefault(r['method'], []).append(r)
+  for stage, by_method in out.items():
+    for method, mruns in by_method.items():
+      entry = {key: aggregate_curves([[(p['step'], p[key]) for p in m['train_retrieval']]
+                                      for m in mruns]) for key, _ in HEALTH_CURVES}
+      entry['source'] = sorted({m.get('train_retrieval_source', 'legacy') for m in mruns})
+      entry['seeds'] = [m['seed'] for m in mruns]
+      by_method[method] = entry
+  return out
+
+
+def seed_values(runs: Sequence[Mapping[str, Any]], stage: int, method: str,
+                column: str, key: str = 'mean') -> dict[int, float]:
+  """`{seed: accuracy}` of one (stage, method) for a dataset or 'average' (over datasets)."""
+  out = {}
+  for r in runs:
+    if r['stage'] == stage and r['method'] == method:
+      if column == 'average':
+        out[int(r['seed'])] = float(np.mean([e[key] for e in r['datasets'].values()]))
+      elif column in r['datasets']:
+        out[int(r['seed'])] = float(r['datasets'][column][key])
+  return out
+
+
+def comparisons(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+  """`{stage: {'a - b': {dataset | 'average': difference_stats}}}` for COMPARISONS present."""
+  out: dict[str, Any] = {}
+  for stage in (1, 2):
+    sruns = [r for r in runs if r['stage'] == stage]
+    present = {r['method'] for r in sruns}
+    if not sruns:
+      continue
+    columns = list(sruns[0]['datasets']) + ['average']
+    for a, b in COMPARISONS:
+      if a in present and b in present:
+        out.setdefault(str(stage), {})[f'{a} - {b}'] = {
+            c: difference_stats(seed_values(runs, stage, a, c), seed_values(runs, stage, b, c))
+            for c in columns}
+  return out
+
+
 def accuracy_table(runs: Sequence[Mapping[str, Any]], key: str = 'mean') -> dict[str, Any]:
   """`{method: {dataset | 'average': mean_std over seeds}}` of per-dataset accuracy.
 
   `key` 'mean' / 'median': the per-dataset statistic over templates. 'average' is the
-  unweighted mean over datasets of each seed, then mean ± std over seeds.
+  unweighted mean over datasets of each seed, then mean ± std over seeds. Pass the runs of
+  one stage.
   """
   table: dict[str, Any] = {}
   for method in dict.fromkeys(r['method'] for r in runs):
@@ -375,6 +786,16 @@ def _fmt(stat: Mapping[str, Any], digits: int = 3) -> str:
   if stat['std'] is None:
     return f'{stat["mean"]:.{digits}f}'
   return f'{stat["mean"]:.{digits}f} ± {stat["std"]:.{digits}f}'
+
+
+def _fmt_diff(d: Mapping[str, Any], digits: int = 1) -> str:
+  """'+x.x ± se (> 2 SE)' for a `difference_stats` entry."""
+  if d['difference'] is None:
+    return 'n/a'
+  if d['se'] is None:
+    return f'{d["difference"]:+.{digits}f} (no SE: one seed)'
+  verdict = '**> 2 SE**' if d['exceeds_2se'] else 'within 2 SE'
+  return f'{d["difference"]:+.{digits}f} ± {d["se"]:.{digits}f} ({verdict})'
 
 
 def accuracy_markdown(table: Mapping[str, Any], title: str) -> str:
@@ -408,7 +829,7 @@ def health_rows(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
   rows = []
   for r in runs:
     for p in r['probes']:
-      row = {'method': r['method'], 'seed': r['seed'], 'step': p['step'],
+      row = {'method': r['method'], 'stage': r['stage'], 'seed': r['seed'], 'step': p['step'],
              'memory_size': p['memory_size']}
       for name, key in (('train', 'train'), ('heldout', 'eval')):
         h = p[key]
@@ -424,7 +845,7 @@ def health_rows(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def structure_summary(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-  """Overlap and resemblance per probe step, mean ± std over seeds (memory runs only)."""
+  """Overlap and resemblance per probe step, mean ± std over seeds (runs with probes)."""
   mem = [r for r in runs if r['probes']]
   out: dict[str, Any] = {}
   for method in dict.fromkeys(r['method'] for r in mem):
@@ -460,19 +881,44 @@ def structure_summary(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                              for k in ('entropy_ratio', 'unused_fraction', 'top_slot_share')},
       }
     out[method] = {'steps': steps, 'per_step': per_step,
-                   'per_seed': {str(r['seed']): r['probes'] for r in mruns}}
+                   'per_seed': {str(r['seed']): r['probes'] for r in mruns},
+                   'change': resemblance_change(mruns)}
   return out
+
+
+def resemblance_change(mruns: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+  """Per held-out dataset: resemblance share at the first vs the last probe step over seeds.
+
+  Returns:
+    `{'first_step', 'last_step', 'datasets': {task: {'cluster', 'first', 'last' (mean_std),
+    'change' (difference_stats last − first, paired over seeds)}}}`; empty without probes.
+  """
+  mruns = [r for r in mruns if len(r['probes']) >= 2]
+  if not mruns:
+    return {}
+  first_step, last_step = mruns[0]['probes'][0]['step'], mruns[0]['probes'][-1]['step']
+  datasets = {}
+  for task, e in mruns[0]['probes'][0]['resemblance'].items():
+    first = {int(r['seed']): r['probes'][0]['resemblance'][task]['share'] for r in mruns}
+    last = {int(r['seed']): r['probes'][-1]['resemblance'][task]['share'] for r in mruns}
+    datasets[task] = {'cluster': e['cluster'], 'first': mean_std(list(first.values())),
+                      'last': mean_std(list(last.values())),
+                      'change': difference_stats(last, first)}
+  return {'first_step': first_step, 'last_step': last_step, 'datasets': datasets}
 
 
 def _write_csv(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
   with open(path, 'w', newline='') as f:
-    fields = list(rows[0]) if rows else ['method']
+    fields = list(dict.fromkeys(k for row in rows for k in row)) if rows else ['method']
     writer = csv.DictWriter(f, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)
 
 
-def plot_accuracy(table: Mapping[str, Any], path: str) -> None:
+# ------------------------------------------------------------------------------------------
+# Plots.
+# ------------------------------------------------------------------------------------------
+def plot_accuracy(table: Mapping[str, Any], path: str, title: str) -> None:
   plt = plots.pyplot()
   methods = list(table)
   columns = [c for c in next(iter(table.values())) if c != 'average'] + ['average']
@@ -487,13 +933,44 @@ def plot_accuracy(table: Mapping[str, Any], path: str) -> None:
   ax.set_xticklabels([c.replace('sample_', '') for c in columns], rotation=20, ha='right')
   ax.set_ylabel('accuracy % (mean over templates)')
   ax.set_ylim(0, 100)
-  ax.set_title('Held-out rank-classification accuracy (mean ± std over seeds)')
+  ax.set_title(title)
   ax.legend(fontsize=8)
   fig.tight_layout()
   plots.save_figure(fig, path)
 
 
-def plot_health(runs: Sequence[Mapping[str, Any]], path: str) -> None:
+def plot_training_curves(curves: Mapping[str, Any], path: str) -> None:
+  """Cumulative never-used fraction and normalized entropy vs step, one row per stage."""
+  plt = plots.pyplot()
+  stages = sorted(curves)
+  fig, axes = plt.subplots(len(stages), 2, figsize=(11, 3.8 * len(stages)), squeeze=False)
+  colors = {m: f'C{i}' for i, m in enumerate(METHODS)}   # one colour per method in both rows
+  for row, stage in zip(axes, stages):
+    for ax, (key, label) in zip(row, HEALTH_CURVES):
+      for method, entry in curves[stage].items():
+        c = entry[key]
+        if not c['steps']:
+          continue
+        ax.plot(c['steps'], c['mean'], color=colors.get(method), label=f'{method} (n={c["n"]})')
+        if c['std']:
+          lo = np.asarray(c['mean']) - np.asarray(c['std'])
+          hi = np.asarray(c['mean']) + np.asarray(c['std'])
+          ax.fill_between(c['steps'], lo, hi, color=colors.get(method), alpha=0.2)
+      name = 'stage 1 (multitask)' if stage == '1' else 'stage 2 (few-shot)'
+      ax.set_title(f'{name}: cumulative {label}\n(all training retrievals so far; mean ± std '
+                   'over seeds)', fontsize=9)
+      ax.set_xlabel('training step')
+      ax.set_ylim(0, 1.02)
+      if ax.lines:
+        ax.legend(fontsize=7, loc='upper right')
+      else:
+        ax.text(0.5, 0.5, 'not logged by this trainer', ha='center', va='center',
+                transform=ax.transAxes)
+  fig.tight_layout()
+  plots.save_figure(fig, path)
+
+
+def plot_probe_health(runs: Sequence[Mapping[str, Any]], path: str) -> None:
   plt = plots.pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
   for r in runs:
@@ -505,12 +982,8 @@ def plot_health(runs: Sequence[Mapping[str, Any]], path: str) -> None:
               label=f'{r["method"]} s{r["seed"]} train-form probe')
       ax.plot(steps, [p['eval'][key] for p in r['probes']], 's--',
               label=f'{r["method"]} s{r["seed"]} held-out probe')
-    if r['train_retrieval']:
-      tr = r['train_retrieval']
-      axes[1].plot([x['step'] for x in tr], [x['cumulative_never_used_fraction'] for x in tr],
-                   ':', label=f'{r["method"]} s{r["seed"]} all training batches (cumulative)')
-  axes[0].set_title('slot-usage entropy ÷ log M')
-  axes[1].set_title('fraction of never-used slots')
+  axes[0].set_title('probe slot-usage entropy ÷ log M')
+  axes[1].set_title('probe fraction of never-used slots')
   for ax in axes:
     ax.set_xlabel('training step')
     ax.set_ylim(0, 1.02)
@@ -519,9 +992,8 @@ def plot_health(runs: Sequence[Mapping[str, Any]], path: str) -> None:
   plots.save_figure(fig, path)
 
 
-def plot_resemblance(structure: Mapping[str, Any], path: str) -> None:
+def plot_resemblance(structure: Mapping[str, Any], method: str, path: str) -> None:
   plt = plots.pyplot()
-  method = next(iter(structure))
   final = structure[method]['per_step'][str(structure[method]['steps'][-1])]
   tasks = list(final['resemblance'])
   fig, ax = plt.subplots(figsize=(2 + 2.2 * max(len(tasks), 1), 4))
@@ -546,102 +1018,252 @@ def plot_resemblance(structure: Mapping[str, Any], path: str) -> None:
   plots.save_figure(fig, path)
 
 
+# ------------------------------------------------------------------------------------------
+# Writing.
+# ------------------------------------------------------------------------------------------
+STAGE_TITLES = {1: 'Stage 1: zero-shot held-out accuracy after multitask training',
+                2: 'Stage 2: held-out accuracy after few-shot prompt tuning (backbone frozen)'}
+
+
+def _preferred(methods: Sequence[str]) -> Optional[str]:
+  """The method the single-method figures show: spt if present, else the first."""
+  methods = list(methods)
+  return 'spt' if 'spt' in methods else (methods[0] if methods else None)
+
+
 def write_outputs(output_dir: str, runs: Sequence[Mapping[str, Any]],
                   config: Mapping[str, Any]) -> dict[str, str]:
   """Writes every result file (see the module docstring); returns `{name: path}`."""
   os.makedirs(output_dir, exist_ok=True)
   paths = {}
-  acc_mean = accuracy_table(runs, 'mean')
-  acc_median = accuracy_table(runs, 'median')
-  per_run = [{'method': r['method'], 'seed': r['seed'],
+  by_stage = {s: [r for r in runs if r['stage'] == s] for s in (1, 2)}
+  tables = {s: {'mean_over_templates': accuracy_table(sr, 'mean'),
+                'median_over_templates': accuracy_table(sr, 'median')}
+            for s, sr in by_stage.items() if sr}
+  per_run = [{'stage': r['stage'], 'method': r['method'], 'seed': r['seed'],
               **{d: r['datasets'][d]['mean'] for d in r['datasets']},
               'average': float(np.mean([r['datasets'][d]['mean'] for d in r['datasets']])),
-              'final_train_loss': r['final_train_loss'], 'wall_seconds': r['wall_seconds']}
+              'final_train_loss': r['final_train_loss'], 'wall_seconds': r['wall_seconds'],
+              'stand_in': r.get('stand_in')}
              for r in runs]
   paths['accuracy_json'] = os.path.join(output_dir, 'accuracy.json')
   with open(paths['accuracy_json'], 'w') as f:
-    json.dump({'metric': 'accuracy (rank classification)',
-               'mean_over_templates': acc_mean, 'median_over_templates': acc_median,
+    json.dump({'metric': 'accuracy (rank classification), percent',
+               **{f'stage{s}': t for s, t in tables.items()},
                'per_run': per_run,
-               'per_template': {f'{r["method"]}/seed{r["seed"]}':
-                                {d: e['templates'] for d, e in r['datasets'].items()}
+               'per_template': {f'{r["name"]}': {d: e['templates']
+                                                 for d, e in r['datasets'].items()}
                                 for r in runs}}, f, indent=2)
   rows = []
-  for stat, table in (('mean_over_templates', acc_mean), ('median_over_templates', acc_median)):
-    for method, row in table.items():
-      for col, s in row.items():
-        rows.append({'statistic': stat, 'method': method, 'dataset': col, 'mean': s['mean'],
-                     'std': s['std'], 'n_seeds': s['n'],
-                     'per_seed': ' '.join(f'{v:.4f}' for v in s['values'])})
+  for s, t in tables.items():
+    for stat, table in t.items():
+      for method, row in table.items():
+        for col, st in row.items():
+          rows.append({'stage': s, 'statistic': stat, 'method': method, 'dataset': col,
+                       'mean': st['mean'], 'std': st['std'], 'n_seeds': st['n'],
+                       'per_seed': ' '.join(f'{v:.4f}' for v in st['values'])})
   paths['accuracy_csv'] = os.path.join(output_dir, 'accuracy.csv')
   _write_csv(paths['accuracy_csv'], rows)
-  acc_md = (accuracy_markdown(acc_mean, 'Held-out accuracy, mean over templates (mean ± std '
-                              'over seeds)') + '\n' +
-            accuracy_markdown(acc_median, 'Held-out accuracy, median over templates'))
+  acc_md = ''
+  for s, t in tables.items():
+    acc_md += (accuracy_markdown(t['mean_over_templates'], f'{STAGE_TITLES[s]} (%, mean over '
+                                 'templates; mean ± std over seeds)') + '\n' +
+               accuracy_markdown(t['median_over_templates'],
+                                 f'Stage {s}, median over templates') + '\n')
   paths['accuracy_md'] = os.path.join(output_dir, 'accuracy.md')
   with open(paths['accuracy_md'], 'w') as f:
     f.write(acc_md)
-  paths['accuracy_png'] = os.path.join(output_dir, 'accuracy.png')
-  plot_accuracy(acc_mean, paths['accuracy_png'])
+  for s, name in ((1, 'accuracy.png'), (2, 'accuracy_transfer.png')):
+    if s in tables:
+      paths[f'accuracy_png_stage{s}'] = os.path.join(output_dir, name)
+      plot_accuracy(tables[s]['mean_over_templates'], paths[f'accuracy_png_stage{s}'],
+                    f'{STAGE_TITLES[s]}\n(mean ± std over seeds)')
 
-  structure = structure_summary(runs)
+  diffs = comparisons(runs)
+  paths['comparisons_json'] = os.path.join(output_dir, 'comparisons.json')
+  with open(paths['comparisons_json'], 'w') as f:
+    json.dump({'note': 'a - b in accuracy points; SE of the per-seed difference (paired over '
+                       'seeds) or unpaired when fewer than two seeds are shared',
+               **{f'stage{s}': d for s, d in diffs.items()}}, f, indent=2)
+
+  structure = structure_summary(by_stage[1])
+  curves = training_curves(runs)
   hrows = health_rows(runs)
   paths['health_csv'] = os.path.join(output_dir, 'health.csv')
   _write_csv(paths['health_csv'], hrows)
   paths['health_json'] = os.path.join(output_dir, 'health.json')
   with open(paths['health_json'], 'w') as f:
-    json.dump({'probe': hrows,
+    json.dump({'training_curves': curves,
+               'probe': hrows,
                'summary': {m: {'steps': s['steps'],
                                'train_health': {st: s['per_step'][st]['train_health']
                                                 for st in s['per_step']},
                                'heldout_health': {st: s['per_step'][st]['heldout_health']
                                                   for st in s['per_step']}}
                            for m, s in structure.items()},
-               'training_batches': {f'{r["method"]}/seed{r["seed"]}': r['train_retrieval']
+               'training_batches': {r['name']: r['train_retrieval']
                                     for r in runs if r['train_retrieval']},
-               'eval': {f'{r["method"]}/seed{r["seed"]}': r['eval_health']
-                        for r in runs if r['eval_health']}}, f, indent=2)
+               'eval': {r['name']: r['eval_health'] for r in runs if r['eval_health']}},
+              f, indent=2)
   paths['structure_json'] = os.path.join(output_dir, 'structure.json')
   with open(paths['structure_json'], 'w') as f:
     json.dump(structure, f, indent=2)
-  if structure:
+  if curves:
     paths['health_png'] = os.path.join(output_dir, 'health_over_training.png')
-    plot_health(runs, paths['health_png'])
-    method = next(iter(structure))
-    final = structure[method]['per_step'][str(structure[method]['steps'][-1])]
+    plot_training_curves(curves, paths['health_png'])
+  if structure:
+    paths['health_probes_png'] = os.path.join(output_dir, 'health_probes.png')
+    plot_probe_health(by_stage[1], paths['health_probes_png'])
+    method = _preferred(structure)
+    final_step = structure[method]['steps'][-1]
+    final = structure[method]['per_step'][str(final_step)]
     paths['overlap_png'] = os.path.join(output_dir, 'overlap_heatmap.png')
     ra.plot_heatmap(np.asarray(final['overlap']['mean']), final['overlap']['rows'],
                     final['overlap']['cols'], paths['overlap_png'],
                     title=f'{method}: slot overlap ({config["overlap_method"]}), step '
-                    f'{structure[method]["steps"][-1]}', xlabel='training cluster',
+                    f'{final_step}', xlabel='training cluster',
                     ylabel='held-out dataset', colorbar_label='overlap', vmin=0.0, vmax=1.0)
     paths['resemblance_png'] = os.path.join(output_dir, 'resemblance_share.png')
-    plot_resemblance(structure, paths['resemblance_png'])
+    plot_resemblance(structure, method, paths['resemblance_png'])
   paths['summary_md'] = os.path.join(output_dir, 'summary.md')
   with open(paths['summary_md'], 'w') as f:
-    f.write(summary_markdown(runs, acc_md, structure, config))
+    f.write(summary_markdown(runs, acc_md, structure, curves, diffs, config))
   return paths
 
 
+def control_verdict(diffs: Mapping[str, Any], runs: Sequence[Mapping[str, Any]],
+                    stage: int) -> Optional[str]:
+  """One sentence on `spt` vs `spt_fixed_random` (average held-out accuracy) in a stage."""
+  entry = diffs.get(str(stage), {}).get('spt - spt_fixed_random')
+  if entry is None:
+    return None
+  stand_ins = {r.get('stand_in') for r in runs
+               if r['method'] == 'spt_fixed_random' and r.get('stand_in')}
+  d = entry['average']
+  head = f'Stage {stage}, spt − spt_fixed_random (average held-out accuracy): {_fmt_diff(d)}. '
+  if stand_ins:
+    return head + ('**No verdict: the control did not run** — ' + ' '.join(sorted(stand_ins)))
+  if d['exceeds_2se'] is None:
+    return head + 'No verdict: one seed gives no standard error.'
+  if not d['exceeds_2se']:
+    return head + ('**Retrieval adds nothing measurable here: the default SPT ties the '
+                   'fixed-random control (within two standard errors).**')
+  if d['difference'] > 0:
+    return head + 'The default SPT beats the fixed-random control by more than two SE.'
+  return head + ('**The default SPT is worse than the fixed-random control** by more than '
+                 'two SE: what retrieval learns hurts here.')
+
+
 def summary_markdown(runs, acc_md: str, structure: Mapping[str, Any],
+                     curves: Mapping[str, Any], diffs: Mapping[str, Any],
                      config: Mapping[str, Any]) -> str:
-  status = ('' if config.get('complete', True) else
-            f'**PARTIAL: {len(runs)} of {len(config["methods"]) * len(config["seeds"])} runs '
-            'finished when this was written.**')
-  lines = ['# Method validity on the sample mixture (issue 8)', '', status, '',
+  planned = config.get('planned_runs', [])
+  done = {r['name'] for r in runs}
+  n_done, n_planned = len([p for p in planned if p in done]), len(planned)
+  if n_done >= n_planned:
+    status = f'**{n_done} of {n_planned} runs complete.**'
+  else:
+    missing = [p for p in planned if p not in done]
+    status = (f'**PARTIAL: {n_done} of {n_planned} runs complete** when this was written '
+              f'({time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}); still to run: '
+              f'{", ".join(missing)}.')
+  run_seconds = sum(float(r['wall_seconds']) for r in runs)
+  lines = ['# Method validity on the sample mixture', '', status, '',
            f'Command: `{config["command"]}`', '',
-           f'Methods {config["methods"]}, seeds {config["seeds"]}, {config["train_steps"]} '
-           f'steps of batch {config["batch_size"]}, feature lengths '
-           f'{config["task_feature_lengths"]}; SPT prefix L_p + k·L_m = '
-           f'{config["spt_prefix_length"]} = prompt tuning\'s L_p. Total wall time '
-           f'{config["wall_seconds"]:.0f} s on {config["device"]}.', '', acc_md, '',
-           '### Runs', '', '| method | seed | final train loss | token acc | held-out avg '
-           '| wall s | eval s |', '| --- | --- | --- | --- | --- | --- | --- |']
+           f'Stage 1: methods {config["methods"]}, {config["train_steps"]} steps of batch '
+           f'{config["batch_size"]} on `{config.get("train_mixture")}`. Stage 2: '
+           f'{config.get("transfer_methods") or "none"}, {config.get("transfer_steps")} '
+           f'steps on `{config.get("transfer_mixture")}` from each stage-1 run\'s final '
+           'checkpoint (orbax: trained prompts and memory kept), backbone frozen, Adafactor '
+           f'at {config.get("transfer_learning_rate")}. Seeds {config["seeds"]}; feature '
+           f'lengths {config["task_feature_lengths"]}; eval `{config.get("eval_mixture")}`; '
+           f'every prompt is L_p + k·L_m = {config["spt_prefix_length"]} positions long.', '',
+           f'Wall time: {run_seconds:.0f} s in the {len(runs)} finished runs (training + '
+           f'eval); this invocation {config["wall_seconds"]:.0f} s and all invocations into '
+           f'this directory {config.get("total_wall_seconds", config["wall_seconds"]):.0f} s '
+           f'including set-up, on {config["device"]}.']
+  if n_done < n_planned and runs:
+    per_stage = {s: [float(r['wall_seconds']) for r in runs if r['stage'] == s] for s in (1, 2)}
+    left = [p for p in planned if p not in done]
+    est = sum(np.mean(per_stage[2 if '_fewshot_' in p else 1] or per_stage[1] or [0])
+              for p in left)
+    lines += ['', f'Estimated time still needed at the mean wall time of the finished runs: '
+              f'{est / 60:.0f} min.']
+  stand_ins = sorted({f'{r["method"]}: {r["stand_in"]}' for r in runs if r.get('stand_in')})
+  if stand_ins:
+    lines += ['', '**Stand-ins (these runs are not the method they are named after):**', '']
+    lines += [f'* {s}' for s in stand_ins]
+
+  lines += ['', '## Verdicts', '']
+  for stage in (1, 2):
+    for pair, label in (('spt - prompt_tuning', 'SPT − prompt tuning'),
+                        ('spt_paper - prompt_tuning', 'paper SPT − prompt tuning'),
+                        ('spt - spt_paper', 'default SPT − paper SPT')):
+      d = diffs.get(str(stage), {}).get(pair)
+      if d is not None:
+        lines.append(f'* Stage {stage}, {label} (average held-out accuracy, points): '
+                     f'{_fmt_diff(d["average"])}.')
+    v = control_verdict(diffs, runs, stage)
+    if v:
+      lines.append(f'* {v}')
+  if not any(diffs.values()):
+    lines.append('* No comparison yet (a method pair needs finished runs of both).')
+  lines += ['', 'Differences are a − b in accuracy points with the standard error of the '
+            'per-seed difference (paired over seeds; a stage-2 run of seed s starts from the '
+            'stage-1 run of seed s); "> 2 SE" means |difference| exceeds two standard errors. '
+            'With three seeds this is a weak test: a gap within 2 SE is "not shown", not '
+            '"absent".', '', acc_md]
+  for stage in (1, 2):
+    stage_diffs = diffs.get(str(stage), {})
+    if not stage_diffs:
+      continue
+    columns = list(next(iter(stage_diffs.values())))
+    lines += [f'### Stage {stage}: differences (points, ± SE of the difference)', '',
+              '| a − b | ' + ' | '.join(columns) + ' |', '| --- ' * (len(columns) + 1) + '|']
+    for pair, row in stage_diffs.items():
+      lines.append(f'| {pair} | ' + ' | '.join(_fmt_diff(row[c]) for c in columns) + ' |')
+    lines.append('')
+
+  lines += ['### Runs', '', '| stage | method | seed | final train loss | token acc | '
+            'held-out avg | wall s | eval s | finished |',
+            '| --- | --- | --- | --- | --- | --- | --- | --- | --- |']
   for r in runs:
     avg = np.mean([r['datasets'][d]['mean'] for d in r['datasets']])
-    lines.append(f'| {r["method"]} | {r["seed"]} | {r["final_train_loss"]:.3f} | '
+    lines.append(f'| {r["stage"]} | {r["method"]}{" (stand-in)" if r.get("stand_in") else ""} '
+                 f'| {r["seed"]} | {r["final_train_loss"]:.3f} | '
                  f'{(r["final_token_accuracy"] or float("nan")):.3f} | {avg:.1f} | '
-                 f'{r["wall_seconds"]:.0f} | {(r["eval_seconds"] or float("nan")):.0f} |')
+                 f'{r["wall_seconds"]:.0f} | {(r["eval_seconds"] or float("nan")):.0f} | '
+                 f'{r.get("finished_at", "")} |')
+
+  lines += ['', '## Retrieval health over training', '',
+            'Over ALL training retrievals up to each step (the trainer\'s metrics.jsonl), mean '
+            '± std over seeds; health_over_training.png has the whole curves.', '']
+  fractions = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
+  for stage, by_method in sorted(curves.items()):
+    methods = list(by_method)
+    lines += [f'#### Stage {stage}: never-used fraction / normalized entropy, cumulative', '',
+              '| step | ' + ' | '.join(methods) + ' |', '| --- ' * (len(methods) + 1) + '|']
+    # Rows: the steps of the first method's curve nearest to the fractions (runs of one
+    # stage share their steps).
+    first = by_method[methods[0]]
+    rows = curve_at(first['cumulative_never_used_fraction'], fractions) or curve_at(
+        first['cumulative_normalized_entropy'], fractions)
+    for row in rows:
+      cells = []
+      for method in methods:
+        pair = []
+        for key, _ in HEALTH_CURVES:
+          c = by_method[method][key]
+          i = c['steps'].index(row['step']) if row['step'] in c['steps'] else None
+          pair.append('—' if i is None else _fmt(
+              {'mean': c['mean'][i], 'std': c['std'][i] if c['std'] else None}))
+        cells.append(' / '.join(pair))
+      lines.append(f'| {row["step"]} | ' + ' | '.join(cells) + ' |')
+    lines += ['', 'Seeds and source per method: ' + '; '.join(
+        f'{m} {e["seeds"]} ({", ".join(e["source"])}' +
+        (', entropy not logged by this trainer)' if not e['cumulative_normalized_entropy']['n']
+         else ')') for m, e in by_method.items()) + '.', '']
+
   for method, s in structure.items():
     lines += ['', f'### Retrieval health ({method}; probes, mean ± std over seeds)', '',
               'In brackets: a uniform retriever with the same number of retrievals (N) over '
@@ -662,20 +1284,33 @@ def summary_markdown(runs, acc_md: str, structure: Mapping[str, Any],
                    f'{_fmt(th["top_slot_share"])} |')
     lines += ['', f'Probe sizes: N = {first["train"]["num_retrievals"]} training-form and '
               f'{first["eval"]["num_retrievals"]} held-out retrievals, M = {m_slots}.']
-    mem_runs = [r for r in runs if r['method'] == method]
-    cum = [r['train_retrieval'][-1]['cumulative_never_used_fraction'] for r in mem_runs
-           if r['train_retrieval']]
-    if cum:
-      lines += ['', f'Never-used fraction over ALL training retrievals at the last step '
-                f'(trainer, metrics.jsonl): {_fmt(mean_std(cum))}.']
     evh = {}
-    for r in mem_runs:
-      for k, v in r['eval_health'].items():
-        evh.setdefault(k, []).append(v)
+    for r in runs:
+      if r['method'] == method and r['stage'] == 1:
+        for k, v in r['eval_health'].items():
+          evh.setdefault(k, []).append(v)
     if evh:
       lines += ['', 'At eval (evaluator, all scored held-out examples): ' + '; '.join(
           f'{k} {_fmt(mean_std(v))}' for k, v in sorted(evh.items())
           if k.endswith(('entropy_ratio', 'unused_fraction'))) + '.']
+
+    change = s.get('change') or {}
+    if change:
+      lines += ['', f'### Is the structure learned? ({method}: resemblance share at step '
+                f'{change["first_step"]} vs step {change["last_step"]})', '',
+                '| held-out dataset | resembles | share at first step | share at last step '
+                '| change (± SE, paired over seeds) | moved? |',
+                '| --- | --- | --- | --- | --- | --- |']
+      for task, e in change['datasets'].items():
+        c = e['change']
+        if c['exceeds_2se'] is None:
+          moved = 'undetermined (one seed)'
+        else:
+          moved = (('**yes**, up' if c['difference'] > 0 else '**yes**, down')
+                   if c['exceeds_2se'] else 'no (within 2 SE)')
+        lines.append(f'| {task} | {e["cluster"]} | {_fmt(e["first"])} | {_fmt(e["last"])} | '
+                     f'{_fmt_diff(c, 3)} | {moved} |')
+
     lines += ['', f'### Retrieval structure ({method})', '',
               f'Share of each held-out dataset\'s retrievals in the slots holding '
               f'{config["top_slots_mass"]:.0%} of the retrievals of a training cluster '
@@ -695,31 +1330,72 @@ def summary_markdown(runs, acc_md: str, structure: Mapping[str, Any],
               '| --- ' * (len(final['cols']) + 1) + '|']
     for row, vals in zip(final['rows'], final['mean']):
       lines.append(f'| {row} | ' + ' | '.join(f'{v:.3f}' for v in vals) + ' |')
-  lines += ['', 'Files: accuracy.{json,csv,md,png}, health.{json,csv}, '
-            'health_over_training.png, structure.json, overlap_heatmap.png, '
-            'resemblance_share.png, runs/<method>_seed<s>/.', '']
+  lines += ['', 'Files: accuracy.{json,csv,md,png}, accuracy_transfer.png, comparisons.json, '
+            'health.{json,csv}, health_over_training.png, health_probes.png, structure.json, '
+            'overlap_heatmap.png, resemblance_share.png, runs.json, '
+            'runs/<method>_seed<s>/ and runs/<method>_fewshot_seed<s>/ (record.json each).',
+            '']
   return '\n'.join(lines)
 
 
 # ------------------------------------------------------------------------------------------
 # The experiment.
 # ------------------------------------------------------------------------------------------
+def enable_compilation_cache(path: str) -> None:
+  """Persists XLA compilations (the seeds of one method compile the same step function)."""
+  jax.config.update('jax_compilation_cache_dir', path)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+
+
+def experiment_plan(methods: Sequence[str], transfer_methods: Sequence[str],
+                    seeds: Sequence[int]) -> list[tuple[int, str, int]]:
+  """`(stage, method, seed)` in run order: seed-major, each seed's stage 1 then its stage 2,
+  so a partial experiment still compares every method on the seeds it finished."""
+  plan = []
+  for seed in seeds:
+    plan += [(1, m, int(seed)) for m in methods]
+    plan += [(2, m, int(seed)) for m in transfer_methods]
+  return plan
+
+
 def run_experiment(output_dir: str, methods: Sequence[str] = METHODS,
                    seeds: Sequence[int] = (0, 1, 2), steps: Optional[int] = None,
+                   transfer_steps: Optional[int] = None,
+                   transfer_methods: Sequence[str] = TRANSFER_METHODS,
                    quick: bool = False, gin_files: Sequence[str] = (),
                    gin_bindings: Sequence[str] = (), gin_search_paths: Sequence[str] = ('gin',),
-                   command: str = '') -> dict[str, Any]:
-  """Trains and evaluates every (method, seed); writes the outputs; returns paths and runs."""
+                   command: str = '', compilation_cache: bool = True) -> dict[str, Any]:
+  """Trains and evaluates every planned run not finished yet; writes the outputs after each.
+
+  A run is finished when `runs/<name>/record.json` exists; those are loaded, not retrained
+  (unless they were a stand-in that now has its real configuration, which retrains it and
+  the stage-2 run that starts from it). An unfinished run directory is removed and the run
+  starts afresh (the trainer would otherwise resume its last checkpoint without the probes
+  of the earlier steps).
+  """
   t_start = time.time()
+  methods = list(methods)
   for m in methods:
     if m not in METHODS:
       raise ValueError(f'Unknown method {m!r}; --methods takes a comma list of {METHODS}.')
+  transfer_methods = [m for m in transfer_methods if m]
+  for m in transfer_methods:
+    if m not in TRANSFER_METHODS:
+      raise ValueError(f'Unknown transfer method {m!r}; --transfer_methods takes a comma list '
+                       f'of {TRANSFER_METHODS}.')
+    if m not in methods:
+      raise ValueError(f'Stage 2 of {m!r} starts from its stage-1 run: add it to --methods '
+                       'or drop it from --transfer_methods.')
   bindings = list(gin_bindings)
   if quick:
     seeds = list(seeds)[:1]
     steps = steps or QUICK_STEPS
+    transfer_steps = transfer_steps or QUICK_TRANSFER_STEPS
     bindings = list(QUICK_BINDINGS) + bindings
   os.makedirs(output_dir, exist_ok=True)
+  if compilation_cache:
+    enable_compilation_cache(os.path.join(output_dir, 'jax_cache'))
 
   prefix = spt_prefix_length(bindings, gin_files, gin_search_paths)
   pt_bindings = [f'prompts.PromptConfig.soft_prompt_length = {prefix}']
@@ -729,64 +1405,140 @@ def run_experiment(output_dir: str, methods: Sequence[str] = METHODS,
   lengths = dict(gin.query_parameter('%TASK_FEATURE_LENGTHS'))
   train_steps = int(steps or gin.query_parameter('%TRAIN_STEPS'))
   batch_size = int(gin.query_parameter('%BATCH_SIZE'))
-  logging.info('Settings %s; lengths %s; %d steps of batch %d; SPT prefix %d', settings,
-               lengths, train_steps, batch_size, prefix)
+  mixtures = experiment_mixtures(settings)
+  eval_mixture = mixtures['eval']
+  stage_bindings = {1: [], 2: []}
+  if settings.train_templates_per_dataset is not None:  # Smoke run: smaller pipelines.
+    stage_bindings = {1: [f"MIXTURE_OR_TASK_NAME = '{mixtures['train']}'"],
+                      2: [f"MIXTURE_OR_TASK_NAME = '{mixtures['transfer']}'"]}
+  transfer_mixture = transfer_lr = None
+  if transfer_methods:
+    parse_config(resolve_method(transfer_methods[0], 2, bindings=bindings + stage_bindings[2],
+                                extra_files=gin_files, search_paths=gin_search_paths,
+                                initial_checkpoint='(stage 1)'), gin_search_paths)
+    transfer_steps = int(transfer_steps or gin.query_parameter('%TRANSFER_STEPS'))
+    transfer_mixture = gin.query_parameter('%MIXTURE_OR_TASK_NAME')
+    transfer_lr = gin.query_parameter('train.learning_rate')
+  logging.info('Settings %s; lengths %s; %d steps of batch %d; transfer %s steps %s; SPT '
+               'prefix %d; eval %s', settings, lengths, train_steps, batch_size,
+               transfer_methods, transfer_steps, prefix, eval_mixture)
 
-  evaluator = evaluate_lib.create_seqio_evaluator(
-      settings.eval_mixture, task_feature_lengths=lengths,
-      num_examples=settings.eval_num_examples)
-  probes = build_probes(settings, lengths['inputs']) if 'spt' in methods else None
-
-  runs = []
-  config = {'command': command, 'methods': list(methods), 'seeds': [int(s) for s in seeds],
-            'train_steps': train_steps, 'batch_size': batch_size,
+  plan = experiment_plan(methods, transfer_methods, seeds)
+  names = [run_name(*p) for p in plan]
+  config = {'command': command, 'methods': methods, 'seeds': [int(s) for s in seeds],
+            'transfer_methods': transfer_methods, 'train_steps': train_steps,
+            'transfer_steps': transfer_steps, 'transfer_mixture': transfer_mixture,
+            'transfer_learning_rate': transfer_lr, 'batch_size': batch_size,
+            'train_mixture': mixtures['train'],
             'task_feature_lengths': lengths, 'spt_prefix_length': prefix,
-            'overlap_method': settings.overlap_method,
+            'eval_mixture': eval_mixture, 'overlap_method': settings.overlap_method,
             'top_slots_mass': settings.top_slots_mass,
-            'settings': dataclasses.asdict(settings),
+            'settings': dataclasses.asdict(settings), 'planned_runs': names,
             'device': f'{jax.device_count()} x {jax.devices()[0].device_kind}',
-            'wall_seconds': 0.0}
-  paths = {}
-  # Seed-major: every method of seed 0 first, so a partial run still compares the methods.
-  for seed in seeds:
-    for method in methods:
-      extra = pt_bindings if method == 'prompt_tuning' else []
-      parse_method_gin(method, bindings + extra, gin_files, gin_search_paths)
-      if method == 'prompt_tuning':
-        pl = gin_configurables.create_model().network.prompt_config.prefix_length
-        if pl != prefix:
-          raise ValueError(f'prompt tuning prompt length {pl} != SPT prefix {prefix}; check '
-                           'gin/validity/prompt_tuning.gin and the bindings.')
-      run_dir = os.path.join(output_dir, 'runs', f'{method}_seed{seed}')
-      if os.path.exists(os.path.join(run_dir, 'checkpoints')):
-        raise FileExistsError(f'{run_dir} already holds a run; use a fresh --output_dir (the '
-                              'trainer would resume it instead of training anew).')
-      logging.info('=== %s seed %d -> %s', method, seed, run_dir)
-      record = run_one(method, int(seed), run_dir, settings, evaluator,
-                       probes if method == 'spt' else None, train_steps)
-      with open(os.path.join(run_dir, 'config.gin'), 'w') as f:
-        f.write(gin.config_str())
-      runs.append(record)
-      logging.info('%s seed %d: %.0f s, held-out %s', method, seed, record['wall_seconds'],
-                   {d: round(e['mean'], 4) for d, e in record['datasets'].items()})
-      # Outputs after every run: an interrupted experiment keeps what it measured.
-      config['wall_seconds'] = time.time() - t_start
-      config['complete'] = len(runs) == len(seeds) * len(methods)
-      write_runs_json(output_dir, config, runs)
-      if len(runs) < len(seeds) * len(methods):
-        try:  # Interim outputs must not stop the experiment (--rewrite redoes them).
-          write_outputs(output_dir, runs, config)
-        except Exception:  # pylint: disable=broad-except
-          logging.exception('Interim outputs failed; runs.json is written, continuing.')
-  paths = write_outputs(output_dir, runs, config)
-  evaluator.close()
+            'wall_seconds': 0.0, 'complete': False}
+
+  # Wall time of earlier invocations into this directory (a resumed experiment's total).
+  earlier_seconds = 0.0
+  if os.path.exists(os.path.join(output_dir, 'runs.json')):
+    with open(os.path.join(output_dir, 'runs.json')) as f:
+      earlier = json.load(f)['config']
+    earlier_seconds = float(earlier.get('total_wall_seconds', earlier.get('wall_seconds', 0.0)))
+
+  # Finished runs are kept; stand-ins whose real configuration now exists are redone.
+  records: dict[str, dict[str, Any]] = {}
+  redo: set[str] = set()
+  for (stage, method, seed), name in zip(plan, names):
+    record = load_record(os.path.join(output_dir, 'runs', name))
+    if record is None:
+      continue
+    expected = train_steps if stage == 1 else transfer_steps
+    if int(record['train_steps']) != expected:
+      raise ValueError(f'{name} in {output_dir} finished with {record["train_steps"]} steps, '
+                       f'this invocation asks for {expected}; use a fresh --output_dir (or the '
+                       'same --steps / --transfer_steps).')
+    now = resolve_method(method, stage, search_paths=gin_search_paths,
+                         initial_checkpoint='(stage 1)')
+    if (record.get('stand_in') and not now.stand_in) or (
+        stage == 2 and run_name(1, method, seed) in redo):
+      logging.warning('%s was a stand-in (or starts from one) and will be redone.', name)
+      redo.add(name)
+      continue
+    records[name] = record
+  if records:
+    logging.info('Finished runs kept: %s', sorted(records))
+
+  evaluator = None
+  probes = None
+
+  def ordered() -> list[dict[str, Any]]:
+    return [records[n] for n in names if n in records]
+
+  def write(final: bool) -> dict[str, str]:
+    config['wall_seconds'] = time.time() - t_start
+    config['total_wall_seconds'] = earlier_seconds + config['wall_seconds']
+    config['complete'] = all(n in records for n in names)
+    write_runs_json(output_dir, config, ordered())
+    if final:
+      return write_outputs(output_dir, ordered(), config)
+    try:  # Interim outputs must not stop the experiment (--rewrite redoes them).
+      return write_outputs(output_dir, ordered(), config)
+    except Exception:  # pylint: disable=broad-except
+      logging.exception('Interim outputs failed; runs.json is written, continuing.')
+      return {}
+
+  if records:
+    write(final=False)
+  for (stage, method, seed), name in zip(plan, names):
+    if name in records:
+      continue
+    if evaluator is None:  # Built only when something is left to run.
+      evaluator = evaluate_lib.create_seqio_evaluator(
+          eval_mixture, task_feature_lengths=lengths, num_examples=settings.eval_num_examples)
+      if any(m in MEMORY_METHODS for m in methods):
+        probes = build_probes(settings, lengths['inputs'])
+    run_dir = os.path.join(output_dir, 'runs', name)
+    extra = pt_bindings if method == 'prompt_tuning' else []
+    start_from = None
+    if stage == 2:
+      start_from = os.path.join(output_dir, 'runs', run_name(1, method, seed))
+      if run_name(1, method, seed) not in records:
+        raise RuntimeError(f'{name} needs the finished stage-1 run {start_from}.')
+    cfg = resolve_method(method, stage, bindings=bindings + extra + stage_bindings[stage],
+                         extra_files=gin_files, search_paths=gin_search_paths,
+                         initial_checkpoint=start_from)
+    parse_config(cfg, gin_search_paths)
+    if method != 'finetune':
+      check_prefix_length(method, prefix)
+    if cfg.stand_in:
+      logging.warning('%s is a STAND-IN: %s', name, cfg.stand_in)
+    if os.path.exists(run_dir):
+      logging.warning('%s holds an unfinished run (no %s); removing it to start afresh.',
+                      run_dir, RECORD_JSON)
+      shutil.rmtree(run_dir)
+    logging.info('=== %s (stage %d, %s, seed %d) -> %s', name, stage, method, seed, run_dir)
+    record = run_one(cfg, seed, run_dir, settings, evaluator, eval_mixture,
+                     probes if (stage == 1 and method in MEMORY_METHODS) else None,
+                     train_steps if stage == 1 else transfer_steps)
+    with open(os.path.join(run_dir, 'config.gin'), 'w') as f:
+      f.write(gin.config_str())
+    write_record(run_dir, record)
+    records[name] = record
+    logging.info('%s: %.0f s, held-out %s; %d of %d runs complete', name,
+                 record['wall_seconds'],
+                 {d: round(e['mean'], 4) for d, e in record['datasets'].items()},
+                 len(records), len(names))
+    # Outputs after every run: an interrupted experiment keeps what it measured.
+    write(final=all(n in records for n in names))
+  paths = write(final=True)
+  if evaluator is not None:
+    evaluator.close()
   logging.info('Done in %.0f s; results in %s', config['wall_seconds'], output_dir)
-  return {'paths': paths, 'runs': runs, 'config': config}
+  return {'paths': paths, 'runs': ordered(), 'config': config}
 
 
 def write_runs_json(output_dir: str, config: Mapping[str, Any],
                     runs: Sequence[Mapping[str, Any]]) -> str:
-  """`runs.json`: the settings and every run record (all outputs derive from it)."""
+  """`runs.json`: the settings and every finished run's record (all outputs derive from it)."""
   path = os.path.join(output_dir, 'runs.json')
   with open(path + '.tmp', 'w') as f:
     json.dump({'config': config, 'runs': list(runs)}, f, indent=2)
@@ -795,10 +1547,21 @@ def write_runs_json(output_dir: str, config: Mapping[str, Any],
 
 
 def rewrite_outputs(output_dir: str) -> dict[str, str]:
-  """Re-writes every output file from `<output_dir>/runs.json` (no training)."""
+  """Re-writes every output file from `<output_dir>/runs.json` and the runs' record.json
+  files (a record newer than runs.json, e.g. of a run that finished as the job was killed,
+  is included)."""
   with open(os.path.join(output_dir, 'runs.json')) as f:
     data = json.load(f)
-  return write_outputs(output_dir, data['runs'], data['config'])
+  config = data['config']
+  records = {r['name']: r for r in data['runs']}
+  for name in config.get('planned_runs', []):
+    record = load_record(os.path.join(output_dir, 'runs', name))
+    if record is not None:
+      records[name] = record
+  order = config.get('planned_runs') or list(records)
+  runs = [records[n] for n in order if n in records]
+  config['complete'] = all(n in records for n in order)
+  return write_outputs(output_dir, runs, config)
 
 
 def main(argv: Sequence[str]) -> None:
@@ -810,10 +1573,13 @@ def main(argv: Sequence[str]) -> None:
     rewrite_outputs(_OUTPUT_DIR.value)
     return
   run_experiment(_OUTPUT_DIR.value, methods=_METHODS.value,
-                 seeds=[int(s) for s in _SEEDS.value], steps=_STEPS.value, quick=_QUICK.value,
+                 seeds=[int(s) for s in _SEEDS.value], steps=_STEPS.value,
+                 transfer_steps=_TRANSFER_STEPS.value,
+                 transfer_methods=_TRANSFER_METHODS.value, quick=_QUICK.value,
                  gin_files=runner.GIN_FILE.value, gin_bindings=runner.GIN_BINDINGS.value,
                  gin_search_paths=runner.GIN_SEARCH_PATHS.value,
-                 command=' '.join(['python benchmarks/method_validity.py'] + sys.argv[1:]))
+                 command=' '.join(['python benchmarks/method_validity.py'] + sys.argv[1:]),
+                 compilation_cache=_COMPILATION_CACHE.value)
 
 
 if __name__ == '__main__':
