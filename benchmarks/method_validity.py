@@ -99,7 +99,6 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
@@ -513,6 +512,16 @@ def retrieval_curve(rows: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, A
                   'batch_normalized_entropy': r.get('retrieval/normalized_entropy')})
   source = 'cumulative' if has_cumulative else ('legacy' if curve else 'none')
   return curve, source
+
+
+def _is_cached(mixture_or_task_name: str) -> bool:
+  """Whether every task of the mixture can be read from the seqio cache (the pre-rendered
+  sample tasks can; eval then runs no template rendering)."""
+  try:
+    runner.check_cached(mixture_or_task_name)
+  except ValueError:
+    return False
+  return True
 
 
 def run_one(config: MethodConfig, seed: int, run_dir: str, settings: Settings, evaluator,
@@ -1493,7 +1502,8 @@ def run_experiment(output_dir: str, methods: Sequence[str] = METHODS,
       continue
     if evaluator is None:  # Built only when something is left to run.
       evaluator = evaluate_lib.create_seqio_evaluator(
-          eval_mixture, task_feature_lengths=lengths, num_examples=settings.eval_num_examples)
+          eval_mixture, task_feature_lengths=lengths, num_examples=settings.eval_num_examples,
+          use_cached=_is_cached(eval_mixture))
       if any(m in MEMORY_METHODS for m in methods):
         probes = build_probes(settings, lengths['inputs'])
     run_dir = os.path.join(output_dir, 'runs', name)

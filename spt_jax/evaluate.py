@@ -628,6 +628,7 @@ def main(argv: Sequence[str]) -> None:
   # own required values are still checked when it is called.
   runner.parse_gin(runner.GIN_FILE.value, runner.GIN_BINDINGS.value,
                    runner.GIN_SEARCH_PATHS.value, finalize=False)
+  runner.add_seqio_cache_dirs(runner.SEQIO_CACHE_DIRS.value)
   from spt_jax import gin_configurables  # pylint: disable=g-import-not-at-top
   gin_configurables.initialize_distributed()
   result = evaluate_configurable()

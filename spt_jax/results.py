@@ -249,14 +249,16 @@ def to_csv_rows(results: Mapping[str, Any]) -> list:
 def to_markdown(results: Mapping[str, Any], title: Optional[str] = None) -> str:
   """Markdown: datasets grouped by cluster, then cluster and overall averages."""
   metric = results['metric']
+  # A Chance column when the evaluation knew it (rank classification: 1 / answer choices).
+  chance = any('chance' in d for d in results['datasets'].values())
   lines = [f'# {title or "Results"}', '',
            f'Metric: `{metric}`, over prompt templates per dataset.', '',
-           '| Cluster | Dataset | Median | Mean | Min | Max | n | Chance |',
-           '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |']
+           '| Cluster | Dataset | Median | Mean | Min | Max | n |' + (' Chance |' if chance else ''),
+           '| --- | --- | ---: | ---: | ---: | ---: | ---: |' + (' ---: |' if chance else '')]
   for name, d in results['datasets'].items():
     lines.append(f'| {d["cluster"]} | {name} | {_fmt(d["median"])} | '
                  f'{_fmt(d["mean"])} | {_fmt(d["min"])} | {_fmt(d["max"])} | '
-                 f'{d["n_templates"]} | {_fmt(d.get("chance"))} |')
+                 f'{d["n_templates"]} |' + (f' {_fmt(d.get("chance"))} |' if chance else ''))
   lines += ['', '## Averages over datasets', '',
             '| Cluster | Median | Mean | Datasets |', '| --- | ---: | ---: | ---: |']
   for name, c in results['clusters'].items():

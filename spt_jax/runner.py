@@ -47,6 +47,11 @@ GIN_BINDINGS = flags.DEFINE_multi_string(
 GIN_SEARCH_PATHS = flags.DEFINE_list(
     'gin_search_paths', ['gin'], 'Directories searched for gin files and their includes.')
 
+SEQIO_CACHE_DIRS = flags.DEFINE_list(
+    'seqio_additional_cache_dirs', [],
+    'Directories holding seqio-cached tasks (read with USE_CACHED_TASKS = True), e.g. written '
+    'by `python -m spt_tasks.cache`; as T5X\'s flag of the same name.')
+
 _GIN_FLAG = re.compile(r'^--gin\.([^=]+)=(.*)$', re.DOTALL)
 
 
@@ -382,6 +387,14 @@ def get_mixture_or_task(name: str):
   return seqio.get_mixture_or_task(name)
 
 
+def add_seqio_cache_dirs(directories: Sequence[str]) -> None:
+  """Adds cache directories (`--seqio_additional_cache_dirs`) to seqio's search list."""
+  if directories:
+    import seqio  # pylint: disable=g-import-not-at-top
+    from spt_jax import paths  # pylint: disable=g-import-not-at-top
+    seqio.add_global_cache_dirs([paths.resolve(d) for d in directories])
+
+
 def check_cached(mixture_or_task_name: str) -> None:
   """Raises a clear error when `use_cached=True` but some sub-task has no offline cache."""
   import seqio  # pylint: disable=g-import-not-at-top
@@ -401,9 +414,9 @@ def check_cached(mixture_or_task_name: str) -> None:
         f'{mixture_or_task_name!r} have no offline cache (e.g. {missing[:3]}; searched '
         f'{seqio.utils.get_global_cache_dirs()}). Build it: for the embedded sample tasks '
         '`python -m spt_tasks.sample --write_cache` (launch/setup.sh runs it); for other '
-        'tasks `python -m spt_tasks.cache --module=REGISTRY --tasks=REGEX --cache_dir=DIR` '
-        'with DIR registered by the registry module (seqio.add_global_cache_dirs([DIR])); '
-        'or set USE_CACHED_TASKS = False to render on the fly.')
+        'tasks `python -m spt_tasks.cache --module=REGISTRY --tasks=REGEX --cache_dir=DIR`, '
+        'then pass --seqio_additional_cache_dirs=DIR; or set USE_CACHED_TASKS = False to '
+        'render on the fly.')
 
 
 def create_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],

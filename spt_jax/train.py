@@ -581,6 +581,7 @@ def main(argv: Sequence[str]) -> None:
   from spt_jax import gin_configurables  # pylint: disable=g-import-not-at-top
   runner.parse_gin(runner.GIN_FILE.value, runner.GIN_BINDINGS.value,
                    runner.GIN_SEARCH_PATHS.value)
+  runner.add_seqio_cache_dirs(runner.SEQIO_CACHE_DIRS.value)
   gin_configurables.initialize_distributed()
   result = gin_configurables.train()
   if jax.process_index() == 0:

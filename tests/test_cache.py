@@ -87,3 +87,17 @@ def test_sample_cache_equals_rendering_on_the_fly(task_name, sample_cache):
   cached = _examples(task, 'validation', use_cached=True)[:200]
   fresh = _examples(task, 'validation', use_cached=False)[:200]
   _assert_same(cached, fresh)
+
+
+def test_use_cached_without_a_cache_names_the_fix(tmp_path):
+  """runner.check_cached: the error names the task and the command that builds the cache;
+  after building it and passing its folder (--seqio_additional_cache_dirs) the check passes."""
+  from spt_jax import runner  # pylint: disable=g-import-not-at-top
+  task = _register_toy_task('spt_test_cache_missing')
+  with pytest.raises(ValueError, match=r'spt_test_cache_missing.*python -m spt_tasks.cache.*'
+                     r'--seqio_additional_cache_dirs'):
+    runner.check_cached(task.name)
+  root = str(tmp_path / 'built')
+  cache.write_cache([task.name], root)
+  runner.add_seqio_cache_dirs([root])
+  runner.check_cached(task.name)

@@ -116,3 +116,24 @@ def test_load_results_rejects_other_json(tmp_path):
   path.write_text('{"accuracy": 1}')
   with pytest.raises(ValueError, match='not a results.json'):
     R.load_results(path)
+
+
+def test_chance_column_table_and_plot(results, tmp_path):
+  """add_chance averages the per-task chance over a dataset's templates; results.md gains a
+  Chance column, the end-of-run table shows it, and the plot still renders."""
+  import copy  # pylint: disable=g-import-not-at-top
+  results = copy.deepcopy(results)
+  rte_tasks = [t['task'] for t in results['templates'] if t['dataset'] == 'rte']
+  R.add_chance(results, {rte_tasks[0]: 50.0, rte_tasks[1]: 40.0})
+  assert results['datasets']['rte']['chance'] == 45.0
+  assert 'chance' not in results['datasets']['cb']
+  paths = R.write_results(results, tmp_path / 'eval')
+  md = paths['md'].read_text()
+  assert '| Max | n | Chance |' in md
+  assert '| nli | rte | 60.00 | 63.33 | 50.00 | 80.00 | 3 | 45.00 |' in md
+  assert '| nli | cb | 35.00 | 35.00 | 30.00 | 40.00 | 2 | — |' in md
+  table = R.summary_table(results).splitlines()
+  rte = next(l for l in table if l.startswith('rte '))
+  assert rte.split() == ['rte', '60.00', '63.33', '45.00', '3']
+  assert table[-1].split()[:3] == ['overall', '55.00', f'{results["overall"]["mean"]:.2f}']
+  assert paths['accuracy_png'].read_bytes()[:8] == PNG_MAGIC
