@@ -11,7 +11,9 @@ hf | t5x | orbax), USE_CACHED_TASKS.
 
 What a run writes in MODEL_DIR: `checkpoints/<step>/` (orbax: train state + JSON metadata),
 TensorBoard event files and `metrics.jsonl` (one JSON object per step / summary, process 0
-only), `config.gin` (the operative gin config).
+only), `config.gin` (the operative gin config), for SPT `retrieval_usage/<step>.npy` (the
+cumulative slot-usage counts behind the `retrieval/cumulative_*` metrics, kept with each
+checkpoint so a resumed run continues them).
 
 Guarantees (tested in tests/test_train.py):
 * Exact resume: the state (params, optimizer state, step, RNG) is checkpointed and the input
@@ -328,11 +330,38 @@ class _PreemptionWatcher:
 # ------------------------------------------------------------------------------------------
 # train().
 # ------------------------------------------------------------------------------------------
-def _cumulative_usage_metrics(usage: np.ndarray) -> dict[str, float]:
-  """Health of the slot usage accumulated over every training retrieval of this process.
+_USAGE_DIR = 'retrieval_usage'
 
-  `usage` [M] counts since the step this invocation started from (a resumed run starts
-  counting again at the resume step).
+
+def _save_usage(model_dir: str, step: int, usage: np.ndarray, keep: set[int]) -> None:
+  """Writes `<model_dir>/retrieval_usage/<step>.npy` (process 0); drops other steps'."""
+  if jax.process_index() != 0:
+    return
+  directory = epath.Path(model_dir) / _USAGE_DIR
+  directory.mkdir(parents=True, exist_ok=True)
+  tmp = directory / f'{step}.npy.tmp'
+  with tmp.open('wb') as f:
+    np.save(f, usage)
+  tmp.rename(directory / f'{step}.npy')
+  for path in directory.glob('*.npy'):
+    if path.name[:-4].isdigit() and int(path.name[:-4]) not in keep:
+      path.unlink()
+
+
+def _load_usage(model_dir: str, step: int) -> np.ndarray | None:
+  path = epath.Path(model_dir) / _USAGE_DIR / f'{step}.npy'
+  if not path.exists():
+    logging.warning('No cumulative retrieval usage saved for step %d; the cumulative '
+                    'retrieval metrics count from the resume step.', step)
+    return None
+  with path.open('rb') as f:
+    return np.load(f)
+
+
+def _cumulative_usage_metrics(usage: np.ndarray) -> dict[str, float]:
+  """Health of the slot usage accumulated over every training retrieval since step 1.
+
+  `usage` [M] counts (restored with the checkpoint on resume, see `_save_usage`).
   """
   summary = retrieval_analysis.usage_summary(usage)
   return {'retrieval/never_used_fraction': summary['unused_fraction'],
@@ -563,8 +592,10 @@ def train(
   tokens_per_step = batch_size * (t_in + t_out)
   flops_per_step = model_flops_per_step(model, setup.abstract_params, batch_size, t_in, t_out)
   peak = (peak_flops_per_device or peak_flops()) * mesh.size
-  usage = None
+  # Cumulative slot usage since step 1, saved next to each checkpoint so a resumed run
+  # continues the count (a run resumed from a checkpoint without it starts again at 0).
   memory_size = model.network.prompt_config.memory_size if model.has_memory else 0
+  usage = _load_usage(model_dir, start_step) if start_step and memory_size else None
 
   def write_window(window, seconds, steps):
     nonlocal usage
@@ -624,6 +655,8 @@ def train(
           window_start, window_steps = now, 0
         paused = time.time()  # Saving / evaluating is excluded from the throughput window.
         if ckpt.should_save(step) or final or preempted:
+          if usage is not None:
+            _save_usage(model_dir, step, usage, keep=set(ckpt.all_steps()) | {step})
           ckpt.save(state, {'mixture_or_task_name': mixture_or_task_name,
                             'batch_size': batch_size, 'seed': seed})
         if eval_fn is not None and ((eval_every_steps and step % eval_every_steps == 0)

@@ -393,3 +393,28 @@ def test_defaults_add_no_state_no_outputs_and_no_parameters():
   assert variables[prompts.MEMORY_STATS_COLLECTION]['ema_usage'].names == ('memory',)
   np.testing.assert_array_equal(state[prompts.RETRIEVAL_COLLECTION]['valid'][0],
                                 [True, True, True, False])
+
+
+def test_spt_gin_is_healthy_and_spt_paper_gin_is_the_paper_reading():
+  import gin  # pylint: disable=g-import-not-at-top
+  from spt_jax import gin_configurables  # pylint: disable=g-import-not-at-top
+  from spt_jax import runner  # pylint: disable=g-import-not-at-top
+  configs = {}
+  for method in ('spt', 'spt_paper'):
+    with gin.unlock_config():
+      gin.clear_config()
+    runner.parse_gin([f'methods/{method}.gin', 'runs/local.gin'],
+                     ["MODEL_DIR = '/tmp/unused'"], ['gin'], finalize=False)
+    configs[method] = gin_configurables.create_model().network.prompt_config
+  with gin.unlock_config():
+    gin.clear_config()
+  paper, healthy = configs['spt_paper'], configs['spt']
+  off = prompts.PromptConfig()
+  for name in ('balance_loss_weight', 'restart_every_steps', 'key_init', 'query_projection',
+               'slot_assignment'):
+    assert getattr(paper, name) == getattr(off, name), name
+  assert dataclasses.replace(healthy, balance_loss_weight=0., restart_every_steps=0,
+                             key_init='values_mean', key_init_batches=4,
+                             usage_ema_decay=0.99) == paper
+  assert healthy.balance_loss_weight > 0 and healthy.restart_every_steps > 0
+  assert healthy.key_init == 'kmeans'

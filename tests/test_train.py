@@ -416,8 +416,10 @@ def test_exact_resume_with_memory_restart_state(tmp_path):
   assert ts.tree_equal(jax.device_get(a['state'].model_state),
                        jax.device_get(b['state'].model_state))
   ra, rb = tl.read_metrics(str(tmp_path / 'a')), tl.read_metrics(b_dir)
-  assert [ra[s]['retrieval/restarted_slots'] for s in (6, 9)] == [
-      rb[s]['retrieval/restarted_slots'] for s in (6, 9)]
+  for key in ('retrieval/restarted_slots', 'retrieval/restarts_total',
+              'retrieval/cumulative_never_used_fraction',
+              'retrieval/cumulative_normalized_entropy'):
+    assert [ra[s][key] for s in (6, 9, 11)] == [rb[s][key] for s in (6, 9, 11)], key
 
 
 def test_memory_usage_composes_with_microbatching(tmp_path):
