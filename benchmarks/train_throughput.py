@@ -32,7 +32,8 @@ def bench_step(name, model, trainable, batch, mesh, steps, lengths):
   params = setup.init_params(jax.random.PRNGKey(0))
   tx, mask = optim.create_optimizer(setup.abstract_params, learning_rate=1e-3,
                                     trainable=trainable)
-  state = ts.TrainState.create(params, tx.init(params), jax.random.PRNGKey(1))
+  state = ts.TrainState.create(params, tx.init(params), jax.random.PRNGKey(1),
+                               model_state=setup.init_model_state())
   step = jax.jit(train.make_train_step(model, tx, mask, optim.constant_schedule(1e-3)),
                  donate_argnums=(0,))
   batch = partitioning.shard_batch(batch, mesh)

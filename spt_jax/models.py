@@ -141,7 +141,7 @@ def _normalizing_factor_and_weights(
 
 
 def _retrieval_outputs(collection: Mapping[str, Any]) -> dict[str, Array]:
-  """Flattens the sown `'retrieval'` collection to {'indices', 'scores', 'key_loss'}.
+  """Flattens the sown `'retrieval'` collection ({'indices', 'scores', 'key_loss', ...}).
 
   Sown values are tuples (flax `sow`); the last entry is the latest call's value.
   """
@@ -202,15 +202,22 @@ class EncoderDecoderModel:
     return {k: batch[k] for k in names if k in batch}
 
   def _compute_logits(self, params: Params, batch: Batch,
-                      dropout_rng: Optional[Array] = None) -> tuple[Array, dict[str, Array]]:
-    """Teacher-forced logits [B, L, V] float32 and the retrieval outputs ({} w/o memory)."""
+                      dropout_rng: Optional[Array] = None,
+                      model_state: Optional[Mapping[str, Any]] = None
+                      ) -> tuple[Array, dict[str, Array]]:
+    """Teacher-forced logits [B, L, V] float32 and the retrieval outputs ({} w/o memory).
+
+    `model_state`: non-parameter collections (e.g. the memory bank's usage stats),
+    read only; None or {} for none.
+    """
     rngs = {'dropout': dropout_rng} if dropout_rng is not None else None
     args = (batch['encoder_input_tokens'], batch['decoder_input_tokens'],
             batch['decoder_target_tokens'])
     kwargs = dict(self._packing_kwargs(batch), enable_dropout=rngs is not None)
+    variables = {'params': params, **(model_state or {})}
     if not self.has_memory:
-      return self.network.apply({'params': params}, *args, rngs=rngs, **kwargs), {}
-    logits, state = self.network.apply({'params': params}, *args, rngs=rngs,
+      return self.network.apply(variables, *args, rngs=rngs, **kwargs), {}
+    logits, state = self.network.apply(variables, *args, rngs=rngs,
                                        mutable=[RETRIEVAL_COLLECTION], **kwargs)
     return logits, _retrieval_outputs(state[RETRIEVAL_COLLECTION])
 
@@ -225,21 +232,28 @@ class EncoderDecoderModel:
     return encoded, _retrieval_outputs(state[RETRIEVAL_COLLECTION])
 
   # --------------------------------------------------------------------- training
-  def loss_fn(self, params: Params, batch: Batch,
-              dropout_rng: Optional[Array]) -> tuple[Array, dict[str, Array]]:
+  def loss_fn(self, params: Params, batch: Batch, dropout_rng: Optional[Array],
+              model_state: Optional[Mapping[str, Any]] = None
+              ) -> tuple[Array, dict[str, Array]]:
     """Training loss and metrics (dropout on iff `dropout_rng` is given).
+
+    `model_state` holds the network's non-parameter collections (the memory bank's
+    usage stats when dead-slot restarts are on), read only; the trainer updates them
+    from the returned retrieval outputs.
 
     Returns:
       `(loss, metrics)`. `loss` = weighted cross-entropy (incl. z-loss, normalised as
-      `loss_normalizing_factor` says) + the SPT key loss (a batch mean, already scaled by
-      `key_loss_weight`). `metrics` (all arrays; sums are over this batch):
-        loss, cross_ent_loss (without z-loss), z_loss, key_loss,
+      `loss_normalizing_factor` says) + the SPT key loss and balance loss (batch means,
+      already scaled by `key_loss_weight` / `balance_loss_weight`). `metrics` (all arrays;
+      sums are over this batch):
+        loss, cross_ent_loss (without z-loss), z_loss, key_loss, balance_loss (when on),
         cross_ent_loss_per_token (unnormalised CE sum / num_tokens, for logging),
         correct_tokens, num_tokens (weighted sums: token accuracy = their ratio),
         token_accuracy, num_examples (rows with a target);
-        with memory also retrieval_indices [B, k] int32, retrieval_scores [B, k].
+        with memory also retrieval_indices [B, k] int32, retrieval_scores [B, k]; with
+        usage tracking retrieval_queries [B, d] and retrieval_valid [B].
     """
-    logits, retrieval = self._compute_logits(params, batch, dropout_rng)
+    logits, retrieval = self._compute_logits(params, batch, dropout_rng, model_state)
     targets = batch['decoder_target_tokens']
     weights = batch.get('decoder_loss_weights')
     if weights is None:
@@ -252,6 +266,8 @@ class EncoderDecoderModel:
         z_loss=self.z_loss, loss_normalizing_factor=factor)
     key_loss = retrieval.get('key_loss', jnp.zeros((), jnp.float32))
     total = loss + key_loss
+    if 'balance_loss' in retrieval:
+      total = total + retrieval['balance_loss']
 
     num_tokens = jnp.sum(weights)
     token_nll = -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1),
@@ -269,9 +285,11 @@ class EncoderDecoderModel:
         'token_accuracy': correct_tokens / jnp.maximum(num_tokens, 1.0),
         'num_examples': jnp.sum(jnp.any(weights > 0, axis=-1).astype(jnp.int32)),
     }
-    if 'indices' in retrieval:
-      metrics['retrieval_indices'] = retrieval['indices']
-      metrics['retrieval_scores'] = retrieval['scores']
+    if 'balance_loss' in retrieval:
+      metrics['balance_loss'] = retrieval['balance_loss']
+    for name in ('indices', 'scores', 'queries', 'valid'):
+      if name in retrieval:
+        metrics[f'retrieval_{name}'] = retrieval[name]
     return total, metrics
 
   def eval_fn(self, params: Params, batch: Batch) -> dict[str, Array]:

@@ -400,9 +400,22 @@ class Encoder(nn.Module):
 
   @nn.compact
   def __call__(self, encoder_input_tokens: Array, encoder_mask: Optional[Array],
-               deterministic: bool) -> Array:
-    """`[B, T]` tokens, `[B, 1, P+T, P+T]` mask -> `[B, P+T, d]`."""
+               deterministic: bool, return_query: bool = False) -> Array:
+    """`[B, T]` tokens, `[B, 1, P+T, P+T]` mask -> `[B, P+T, d]`.
+
+    With `return_query`, returns the memory bank's retrieval query `[B, d]` instead
+    (embedding, pooling and any query projection; no retrieval, no encoder stack).
+    """
     cfg = self.config
+    if return_query:
+      if self.prompt_config is None or self.prompt_config.memory_size == 0:
+        raise ValueError('retrieval_query needs a network with a memory bank '
+                         '(prompt_config.memory_size > 0).')
+      from spt_jax import prompts as prompts_lib  # pylint: disable=g-import-not-at-top
+      x = self.shared_embedding(encoder_input_tokens.astype('int32'))
+      return prompts_lib.MemoryBank(self.prompt_config, cfg.emb_dim, name='memory_bank')(
+          x, encoder_input_tokens > 0, self.shared_embedding.embedding,
+          tokens=encoder_input_tokens, return_query=True)
     dtype = cfg.compute_dtype
     rel_emb = RelativePositionBiases(cfg.relative_attention_num_buckets,
                                      cfg.relative_attention_max_distance, cfg.num_heads,
@@ -435,7 +448,7 @@ def add_prompt_prefix(prompt_config: Optional[prompts_lib.PromptConfig], cfg: T5
         batch, embedding_table))
   if prompt_config.memory_size > 0:
     parts.append(prompts_lib.MemoryBank(prompt_config, cfg.emb_dim, name='memory_bank')(
-        embedded, tokens > 0, embedding_table))
+        embedded, tokens > 0, embedding_table, tokens=tokens))
   parts = [p.astype(embedded.dtype) for p in parts]
   out = jnp.concatenate(parts + [embedded], axis=1)
   return nn.with_logical_constraint(out, ('batch', 'length', 'embed'))
@@ -519,6 +532,14 @@ class Transformer(nn.Module):
                               dtype=cfg.compute_dtype),
           dtype=cfg.compute_dtype)
     return self.encoder(encoder_input_tokens, encoder_mask, deterministic=not enable_dropout)
+
+  def retrieval_query(self, encoder_input_tokens: Array) -> Array:
+    """`[B, T]` tokens -> `[B, d]` float32: the query the memory bank retrieves with.
+
+    The same embedding, pooling and query projection as retrieval (all-padding rows
+    give the zero vector); used by the trainer's data-driven key initialisation.
+    """
+    return self.encoder(encoder_input_tokens, None, deterministic=True, return_query=True)
 
   def decode(self, encoded: Array, encoder_input_tokens: Array, decoder_input_tokens: Array,
              decoder_target_tokens: Array, encoder_segment_ids: Optional[Array] = None,

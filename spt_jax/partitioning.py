@@ -33,11 +33,13 @@ MESH_AXES = (DATA_AXIS, MODEL_AXIS)
 LogicalRules = Sequence[tuple[str, str | None]]
 
 # SPT's own axes. `memory` is split over `model` so a large memory bank is sharded and
-# retrieval runs as a two-stage top-k (see prompts.retrieve_top_k).
+# retrieval runs as a two-stage top-k (see prompts.retrieve_top_k). `query_mlp` is the
+# small bottleneck of the optional ATTEMPT query projection (replicated).
 SPT_AXIS_RULES: tuple[tuple[str, str | None], ...] = (
     ('prompt', None),
     ('memory', MODEL_AXIS),
     ('memory_length', None),
+    ('query_mlp', None),
 )
 
 # Logical names that are always replicated (as in T5X).

@@ -19,6 +19,24 @@ reading of the paper):
    which gives the keys a gradient) or not at all (``none``).
 4. Optional key-pull loss ``λ·mean(1 − cos(q, K_I))``.
 
+Read as written, only the k retrieved keys get a gradient and the query is
+stop-gradient, so an unretrieved key never moves and slot usage stays where
+initialisation put it. Remedies, each a `PromptConfig` field that is off by
+default (all off is bit-identical to the computation above):
+
+5. A Switch-Transformer load-balancing loss ``α·M·Σᵢ fᵢPᵢ`` over all M slots
+   (`balance_loss`), which gives every key a gradient.
+6. Dead-slot restarts (VQ-VAE codebook style): an EMA of each slot's share of
+   retrievals and a ring buffer of recent queries live in the non-parameter
+   collection `MEMORY_STATS_COLLECTION`; every ``restart_every_steps`` the trainer
+   re-draws the keys of slots below ``restart_threshold / M`` from buffered
+   queries (`update_memory_stats`, `restart_slots`).
+7. Data-driven key initialisation from the first training batches' queries
+   ('queries' or seeded spherical k-means; `init_keys_from_queries`).
+8. ATTEMPT's learnable query ``LayerNorm(W_up·SiLU(W_down·q))`` (`QueryProjection`).
+9. A control, ``slot_assignment='fixed_random'``: slots are a frozen pseudo-random
+   hash of the discrete prompt and only the retrieved values train.
+
 The memory table is declared with logical axes (``memory``, ``embed``) /
 (``memory``, ``memory_length``, ``embed``). When the active flax logical axis rules
 map ``memory`` to a mesh axis of size ``P > 1`` of the current mesh (set with
@@ -48,6 +66,8 @@ from jax import lax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
+from spt_jax import retrieval_analysis
+
 Array = jax.Array
 
 # Variable collection that `MemoryBank` sows retrieval outputs into. Apply the
@@ -58,6 +78,15 @@ _POOLINGS = ('mean', 'max', 'mean_max')
 _SIMILARITIES = ('cosine', 'dot')
 _WEIGHTINGS = ('softmax', 'none')
 _INITS = ('sampled_vocab', 'uniform')
+_KEY_INITS = ('values_mean', 'queries', 'kmeans')
+_QUERY_PROJECTIONS = ('none', 'attempt')
+_SLOT_ASSIGNMENTS = ('learned', 'fixed_random')
+# Non-parameter collection holding the memory bank's usage statistics (see
+# `MemoryBank`); the trainer carries it in `TrainState.model_state`.
+MEMORY_STATS_COLLECTION = 'memory_stats'
+# Fixed PRNG seeds of the 'fixed_random' slot assignment (token embedding, keys).
+_FIXED_EMBED_SEED = 0
+_FIXED_KEYS_SEED = 1
 # Norm floor for cosine similarity; an all-padding query becomes the zero vector.
 _NORM_EPS = 1e-12
 
@@ -96,6 +125,35 @@ class PromptConfig:
       follows Lester et al.'s "5,000 most common tokens".
     max_encoder_length: optional limit on L_p + k·L_m + input length (positions
       the encoder sees); `validate` raises when a run's input length exceeds it.
+    balance_loss_weight: α of the Switch-Transformer load-balancing loss
+      α·M·Σᵢ fᵢPᵢ over all M slots (fᵢ: share of the batch's retrievals that hit
+      slot i; Pᵢ: batch mean of softmax(s/τ) over all M slots). Unlike the
+      softmax weighting it gives every key a gradient (0 = off).
+    usage_ema_decay: decay of the per-slot EMA of the retrieval share that the
+      dead-slot restart reads.
+    restart_every_steps: every this many train steps, keys of dead slots are
+      re-drawn from recently buffered queries (VQ-VAE codebook restart; 0 = off).
+    restart_threshold: a slot is dead when its EMA share is below
+      ``restart_threshold / M`` (i.e. relative to uniform use).
+    restart_noise: std of the Gaussian noise added to a restarted key, times the
+      norm of the query it is drawn from.
+    restart_copy_values: also copy the values of the most-used live slots into
+      the restarted slots (default: restarted slots keep their values).
+    query_buffer_size: ring buffer of recent training queries restarts draw from.
+    key_init: 'values_mean' (keys = mean of their value rows, at init),
+      'queries' (keys = a seeded sample of the first training batches' queries +
+      small noise) or 'kmeans' (a few seeded Lloyd iterations on those queries;
+      spherical under cosine similarity). The data-driven ones are applied by the
+      trainer at step 0 (`init_keys_from_queries`).
+    key_init_batches: training batches whose queries 'queries' / 'kmeans' use.
+    query_projection: 'none' or 'attempt' (ATTEMPT's learnable query
+      LayerNorm(W_up·SiLU(W_down·pool(E[x])))); it trains even under
+      query_stop_gradient, which stops only the gradient into the embedder.
+    query_projection_dim: r, the bottleneck width of the 'attempt' projection.
+    slot_assignment: 'learned' (retrieval by the learned keys) or 'fixed_random'
+      (a control: slots are a frozen pseudo-random hash of the discrete prompt:
+      mean of a fixed random token embedding scored against fixed random keys;
+      only the retrieved values train).
   """
   soft_prompt_length: int = 20
   soft_prompt_init: str = 'sampled_vocab'
@@ -113,6 +171,18 @@ class PromptConfig:
   memory_init_scale: float = 0.5
   init_vocab_size: int = 5000
   max_encoder_length: int | None = None
+  balance_loss_weight: float = 0.0
+  usage_ema_decay: float = 0.99
+  restart_every_steps: int = 0
+  restart_threshold: float = 0.05
+  restart_noise: float = 0.01
+  restart_copy_values: bool = False
+  query_buffer_size: int = 256
+  key_init: str = 'values_mean'
+  key_init_batches: int = 4
+  query_projection: str = 'none'
+  query_projection_dim: int = 100
+  slot_assignment: str = 'learned'
 
   def __post_init__(self):
     self._check_static()
@@ -121,6 +191,11 @@ class PromptConfig:
   def retrieved_length(self) -> int:
     """k·L_m: positions taken by retrieved memory prompts (0 when M = 0)."""
     return self.top_k * self.memory_length if self.memory_size > 0 else 0
+
+  @property
+  def tracks_usage(self) -> bool:
+    """Whether the bank keeps `MEMORY_STATS_COLLECTION` state (dead-slot restart on)."""
+    return self.memory_size > 0 and self.restart_every_steps > 0
 
   @property
   def prefix_length(self) -> int:
@@ -139,6 +214,9 @@ class PromptConfig:
     choice('pooling', _POOLINGS)
     choice('similarity', _SIMILARITIES)
     choice('weighting', _WEIGHTINGS)
+    choice('key_init', _KEY_INITS)
+    choice('query_projection', _QUERY_PROJECTIONS)
+    choice('slot_assignment', _SLOT_ASSIGNMENTS)
     for name in ('soft_prompt_length', 'memory_size'):
       if getattr(self, name) < 0:
         raise ValueError(f'PromptConfig.{name}={getattr(self, name)} is negative; '
@@ -161,6 +239,35 @@ class PromptConfig:
         raise ValueError(f'PromptConfig.temperature={self.temperature} must be > 0.')
       if self.key_loss_weight < 0:
         raise ValueError(f'PromptConfig.key_loss_weight={self.key_loss_weight} must be >= 0.')
+      if self.balance_loss_weight < 0:
+        raise ValueError(
+            f'PromptConfig.balance_loss_weight={self.balance_loss_weight} must be >= 0.')
+      if not 0. <= self.usage_ema_decay < 1.:
+        raise ValueError(f'PromptConfig.usage_ema_decay={self.usage_ema_decay} must be in '
+                         '[0, 1).')
+      if self.restart_every_steps < 0:
+        raise ValueError(f'PromptConfig.restart_every_steps={self.restart_every_steps} is '
+                         'negative; use 0 to disable dead-slot restarts.')
+      if self.restart_threshold < 0 or self.restart_noise < 0:
+        raise ValueError('PromptConfig.restart_threshold and restart_noise must be >= 0; got '
+                         f'{self.restart_threshold} and {self.restart_noise}.')
+      if self.query_buffer_size < 1:
+        raise ValueError(f'PromptConfig.query_buffer_size={self.query_buffer_size} must be '
+                         '>= 1.')
+      if self.key_init_batches < 1:
+        raise ValueError(f'PromptConfig.key_init_batches={self.key_init_batches} must be >= 1.')
+      if self.query_projection_dim < 1:
+        raise ValueError(
+            f'PromptConfig.query_projection_dim={self.query_projection_dim} must be >= 1.')
+      if self.slot_assignment == 'fixed_random':
+        learned = {name: getattr(self, name) for name, off in (
+            ('key_loss_weight', 0.), ('balance_loss_weight', 0.), ('restart_every_steps', 0),
+            ('key_init', 'values_mean'), ('query_projection', 'none'))
+                   if getattr(self, name) != off}
+        if learned:
+          raise ValueError(
+              f"PromptConfig.slot_assignment='fixed_random' has no learned keys or query, so "
+              f'{learned} cannot apply; turn those off or use slot_assignment=\'learned\'.')
     if self.max_encoder_length is not None and self.prefix_length > self.max_encoder_length:
       raise ValueError(
           f'The prompt prefix alone (L_p + k·L_m = {self.soft_prompt_length} + '
@@ -517,6 +624,80 @@ def gather_rows(table: Array, indices: Array, sharded: bool | None = None) -> Ar
           _as_spec(table, PartitionSpec(axes)), _as_spec(indices, batch))
 
 
+def _valid_counts(indices: Array, valid: Array, num_rows: int, offset: Array | int = 0
+                  ) -> Array:
+  """[num_rows] float32: retrievals of rows [offset, offset + num_rows) by valid examples."""
+  local = indices - offset
+  here = (local >= 0) & (local < num_rows) & valid[:, None]
+  return jnp.zeros((num_rows,), jnp.float32).at[jnp.clip(local, 0, num_rows - 1)].add(
+      here.astype(jnp.float32))
+
+
+def balance_loss(query: Array, keys: Array, indices: Array, valid: Array,
+                 temperature: float, similarity: str = 'cosine') -> Array:
+  """Switch-Transformer load balancing over all M slots: M·Σᵢ fᵢ·Pᵢ (unweighted).
+
+  fᵢ is the share of this batch's retrievals (valid examples only, k per example,
+  so Σf = 1) that went to slot i, without gradient; Pᵢ is the mean over valid
+  examples of softmax(s / τ) over all M slots, s the retrieval similarity. P is
+  differentiable w.r.t. every key (and the query unless it is stopped), so
+  unretrieved keys are pulled towards queries while over-used ones are pushed
+  away. Uniform use gives 1.
+
+  When the bank is row-sharded (`memory_mesh_axes`), each shard scores its own
+  M/P keys inside `jax.shard_map`; the softmax normaliser comes from a pmax and
+  psum of per-shard partial sums, the shard's [M/P] parts of f and P are summed
+  over the batch shards and the Σ fᵢPᵢ partial sums are psum'ed, so no [B, M]
+  array is ever gathered.
+
+  Args:
+    query: [B, d] retrieval queries.
+    keys: [M, d] memory keys.
+    indices: [B, k] int retrieved slots.
+    valid: [B] bool, examples with at least one real token.
+    temperature: τ.
+    similarity: 'cosine' or 'dot'.
+
+  Returns:
+    float32 scalar.
+  """
+  num_rows, k = keys.shape[0], indices.shape[1]
+  query, keys = query.astype(jnp.float32), keys.astype(jnp.float32)
+  validf = valid.astype(jnp.float32)
+  axes = memory_mesh_axes(num_rows)
+  if axes is None:
+    p = jax.nn.softmax(_scores(query, keys, similarity) / temperature, axis=-1)
+    mean_p = jnp.sum(p * validf[:, None], axis=0)
+    counts = lax.stop_gradient(_valid_counts(indices, valid, num_rows))
+    n = jnp.maximum(jnp.sum(validf), 1.)
+    return num_rows * jnp.sum(counts * mean_p) / (n * n * k)
+
+  batch = _batch_spec(query.shape[0], axes)
+  batch_axes = tuple(a for entry in batch for a in ((entry,) if isinstance(entry, str)
+                                                    else tuple(entry or ())))
+
+  def local(q, keys_local, idx, v):
+    rows = keys_local.shape[0]
+    s = _scores(q, keys_local, similarity) / temperature           # [b, M/P]
+    shift = lax.pmax(lax.stop_gradient(jnp.max(s, axis=1)), axes)  # [b]
+    total = lax.psum(jnp.sum(jnp.exp(s - shift[:, None]), axis=1), axes)
+    p = jnp.exp(s - (shift + jnp.log(total))[:, None])
+    vf = v.astype(jnp.float32)
+    mean_p = jnp.sum(p * vf[:, None], axis=0)                      # [M/P]
+    counts = lax.stop_gradient(
+        _valid_counts(idx, v, rows, lax.axis_index(axes) * rows))
+    n = jnp.sum(vf)
+    if batch_axes:  # f and P are means over the whole batch: sum the [M/P] parts first.
+      counts, mean_p, n = (lax.psum(x, batch_axes) for x in (counts, mean_p, n))
+    partial = lax.psum(jnp.sum(counts * mean_p), axes)
+    return num_rows * partial / (jnp.square(jnp.maximum(n, 1.)) * k)
+
+  return jax.shard_map(
+      local, in_specs=(batch, PartitionSpec(axes), batch, batch), out_specs=PartitionSpec())(
+          _as_spec(query, batch), _as_spec(keys, PartitionSpec(axes)),
+          _as_spec(indices, batch), _as_spec(valid, batch))
+
+
 # ----------------------------------------------------------------------------
 # Modules.
 
@@ -558,8 +739,66 @@ class SoftPrompt(nn.Module):
     return nn.with_logical_constraint(prompt, ('batch', 'length', 'embed'))
 
 
+class QueryProjection(nn.Module):
+  """ATTEMPT's learnable query: LayerNorm(W_up·SiLU(W_down·q)), [B, d] -> [B, d].
+
+  Attributes:
+    emb_dim: d.
+    hidden_dim: r, the bottleneck width.
+  """
+  emb_dim: int
+  hidden_dim: int
+
+  @nn.compact
+  def __call__(self, pooled: Array) -> Array:
+    d, r = self.emb_dim, self.hidden_dim
+    init = nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal')
+    down = self.param('down', nn.with_logical_partitioning(init, ('embed', 'query_mlp')),
+                      (d, r), jnp.float32)
+    up = self.param('up', nn.with_logical_partitioning(init, ('query_mlp', 'embed')),
+                    (r, d), jnp.float32)
+    scale = self.param('scale', nn.with_logical_partitioning(nn.initializers.ones, ('embed',)),
+                       (d,), jnp.float32)
+    bias = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)),
+                      (d,), jnp.float32)
+    h = jnp.einsum('bd,dr->br', pooled.astype(jnp.float32), down)
+    y = jnp.einsum('br,rd->bd', jax.nn.silu(h), up)
+    mean = jnp.mean(y, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(y - mean), axis=-1, keepdims=True)
+    return (y - mean) * lax.rsqrt(var + 1e-6) * scale + bias
+
+
+def _fixed_random_query(tokens: Array, input_mask: Array, emb_dim: int) -> Array:
+  """Mean over non-pad tokens of a fixed random embedding of the token ids: [B, d].
+
+  Row ``t`` of the fixed embedding is ``normal(fold_in(PRNGKey(0), t), [d])``: the
+  same for every run and never trained, and only the B·T rows in use are drawn
+  (no [V, d] table is materialised).
+  """
+  base = jax.random.PRNGKey(_FIXED_EMBED_SEED)
+  flat = jnp.ravel(tokens).astype(jnp.uint32)
+  rows = jax.vmap(lambda t: jax.random.normal(jax.random.fold_in(base, t), (emb_dim,)))(flat)
+  return pool_query(rows.reshape(tokens.shape + (emb_dim,)), input_mask, 'mean')
+
+
+def fixed_random_keys(memory_size: int, emb_dim: int) -> Array:
+  """The frozen keys [M, d] of ``slot_assignment='fixed_random'`` (seeded, no gradient)."""
+  keys = jax.random.normal(jax.random.PRNGKey(_FIXED_KEYS_SEED), (memory_size, emb_dim))
+  return nn.with_logical_constraint(keys, ('memory', 'embed'))
+
+
 class MemoryBank(nn.Module):
   """Memory of M prompts of L_m tokens, k retrieved per example by its discrete prompt.
+
+  With ``restart_every_steps > 0`` the bank also owns `MEMORY_STATS_COLLECTION`
+  (non-parameter state the trainer carries across steps and checkpoints; see
+  `update_memory_stats` and `restart_dead_slots`):
+
+    'ema_usage'     [M] float32, EMA of each slot's share of retrievals (logical
+                    axis ``memory``; starts uniform, 1/M);
+    'query_buffer'  [query_buffer_size, d] float32, ring buffer of recent queries;
+    'buffer_count'  int32 scalar, queries pushed so far (position = count % size);
+    'restarts_total' int32 scalar, slots restarted so far.
 
   Attributes:
     config: the prompt configuration.
@@ -569,17 +808,24 @@ class MemoryBank(nn.Module):
   emb_dim: int
 
   @nn.compact
-  def __call__(self, embedded: Array, input_mask: Array, embedding_table: Array) -> Array:
+  def __call__(self, embedded: Array, input_mask: Array, embedding_table: Array,
+               tokens: Array | None = None, return_query: bool = False) -> Array:
     """Retrieves and weights the memory prompts of each example.
 
     Sows into `RETRIEVAL_COLLECTION` (when memory_size > 0): 'indices' [B, k]
-    int32, 'scores' [B, k] float32 (retrieval similarities, descending) and
-    'key_loss' scalar (already multiplied by key_loss_weight; 0 when off).
+    int32, 'scores' [B, k] float32 (retrieval similarities, descending),
+    'key_loss' scalar (already multiplied by key_loss_weight; 0 when off), with
+    balance_loss_weight > 0 'balance_loss' scalar (already multiplied by the
+    weight), and when usage is tracked 'queries' [B, d] and 'valid' [B] (rows with
+    a real token), which the trainer feeds to `update_memory_stats`.
 
     Args:
       embedded: [B, T, d] token embeddings of the discrete prompt.
       input_mask: [B, T], nonzero for real tokens.
       embedding_table: [V, d] token embedding table (init only).
+      tokens: [B, T] token ids; needed by slot_assignment='fixed_random'.
+      return_query: return the retrieval query [B, d] instead (no retrieval, no
+        sowing); what the trainer's data-driven key init clusters.
 
     Returns:
       [B, k·L_m, d] float32 retrieved prompts, prompt j of example b at positions
@@ -594,6 +840,7 @@ class MemoryBank(nn.Module):
       raise ValueError(f'MemoryBank expects embedded [B, T, {self.emb_dim}] and input_mask '
                        f'[B, T]; got {embedded.shape} and {input_mask.shape}.')
     k, length, d = cfg.top_k, cfg.memory_length, self.emb_dim
+    fixed = cfg.slot_assignment == 'fixed_random'
     values = self.param(
         'values',
         nn.with_logical_partitioning(
@@ -601,14 +848,31 @@ class MemoryBank(nn.Module):
                               cfg.init_vocab_size),
             ('memory', 'memory_length', 'embed')),
         (cfg.memory_size, length, d), jnp.float32)
-    keys = self.param(
-        'keys',
-        nn.with_logical_partitioning(_memory_keys_init(cfg, values), ('memory', 'embed')),
-        (cfg.memory_size, d), jnp.float32)
+    if fixed:
+      if tokens is None:
+        raise ValueError("slot_assignment='fixed_random' needs the token ids: call "
+                         'MemoryBank with tokens=[B, T].')
+      keys = lax.stop_gradient(fixed_random_keys(cfg.memory_size, d))
+    else:
+      keys = self.param(
+          'keys',
+          nn.with_logical_partitioning(_memory_keys_init(cfg, values), ('memory', 'embed')),
+          (cfg.memory_size, d), jnp.float32)
+    if cfg.tracks_usage and (self.is_initializing()
+                             or self.has_variable(MEMORY_STATS_COLLECTION, 'ema_usage')):
+      self._declare_stats()
 
-    query = pool_query(embedded, input_mask, cfg.pooling)  # [B, d]
-    if cfg.query_stop_gradient:
-      query = lax.stop_gradient(query)
+    valid = jnp.any(input_mask > 0, axis=1)  # [B]
+    if fixed:
+      query = _fixed_random_query(tokens, input_mask, d)
+    else:
+      query = pool_query(embedded, input_mask, cfg.pooling)  # [B, d]
+      if cfg.query_stop_gradient:
+        query = lax.stop_gradient(query)
+      if cfg.query_projection == 'attempt':
+        query = QueryProjection(d, cfg.query_projection_dim, name='query_projection')(query)
+    if return_query:
+      return query
     scores, indices = retrieve_top_k(query, keys, k, cfg.similarity)
     retrieved = gather_rows(values, indices)  # [B, k, L_m, d]
 
@@ -626,16 +890,36 @@ class MemoryBank(nn.Module):
       if cfg.key_loss_weight > 0:
         cos = jnp.einsum('bd,bkd->bk', _normalize(query), _normalize(picked_keys))
         # Mean over examples with at least one real token (padding rows excluded).
-        valid = jnp.any(input_mask > 0, axis=1).astype(jnp.float32)[:, None]
-        key_loss = cfg.key_loss_weight * jnp.sum((1. - cos) * valid) / jnp.maximum(
-            jnp.sum(valid) * k, 1.)
+        valid_k = valid.astype(jnp.float32)[:, None]
+        key_loss = cfg.key_loss_weight * jnp.sum((1. - cos) * valid_k) / jnp.maximum(
+            jnp.sum(valid_k) * k, 1.)
 
     # Each value is a 1-tuple holding this call's result: a 'retrieval' collection
     # passed back in (e.g. straight from `init`) is replaced, not appended to.
-    for name, value in (('indices', indices), ('scores', scores), ('key_loss', key_loss)):
+    sown = [('indices', indices), ('scores', scores), ('key_loss', key_loss)]
+    if cfg.balance_loss_weight > 0:
+      sown.append(('balance_loss', cfg.balance_loss_weight * balance_loss(
+          query, keys, indices, valid, cfg.temperature, cfg.similarity)))
+    if cfg.tracks_usage:
+      sown += [('queries', lax.stop_gradient(query)), ('valid', valid)]
+    for name, value in sown:
       self.sow(RETRIEVAL_COLLECTION, name, value, reduce_fn=_keep_latest)
     retrieved = retrieved.reshape(batch, k * length, d)
     return nn.with_logical_constraint(retrieved, ('batch', 'length', 'embed'))
+
+  def _declare_stats(self):
+    cfg = self.config
+    m = cfg.memory_size
+
+    def stat(name, init, shape, dtype, axes):
+      self.variable(MEMORY_STATS_COLLECTION, name,
+                    nn.with_logical_partitioning(lambda: jnp.full(shape, init, dtype), axes))
+
+    stat('ema_usage', 1. / m, (m,), jnp.float32, ('memory',))
+    stat('query_buffer', 0., (cfg.query_buffer_size, self.emb_dim), jnp.float32,
+         (None, 'embed'))
+    stat('buffer_count', 0, (), jnp.int32, ())
+    stat('restarts_total', 0, (), jnp.int32, ())
 
 
 def _keep_latest(previous, value):
@@ -674,16 +958,267 @@ def retrieval_statistics(indices: Array, memory_size: int,
   flat = jnp.ravel(indices).astype(jnp.int32)
   histogram = jnp.zeros((memory_size,), jnp.int32).at[flat].add(1)
   usage = histogram if usage_so_far is None else usage_so_far.astype(jnp.int32) + histogram
-  p = histogram.astype(jnp.float32) / jnp.maximum(jnp.sum(histogram), 1).astype(jnp.float32)
-  entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.)), 0.))
+  batch = retrieval_analysis.usage_summary(histogram, xp=jnp)
+  entropy = batch['entropy']
   return {
       'histogram': histogram,
       'usage': usage,
       'entropy': entropy,
       'normalized_entropy': entropy / math.log(memory_size) if memory_size > 1 else entropy,
-      'batch_used_fraction': jnp.mean((histogram > 0).astype(jnp.float32)),
-      'never_used_fraction': jnp.mean((usage == 0).astype(jnp.float32)),
+      'batch_used_fraction': batch['used_fraction'],
+      'never_used_fraction': retrieval_analysis.usage_summary(usage, xp=jnp)['unused_fraction'],
   }
+
+
+# Noise (times the query norm) that separates keys initialised from the same query.
+_KEY_INIT_NOISE = 0.01
+# Lloyd iterations of the 'kmeans' key initialisation.
+KMEANS_ITERATIONS = 10
+
+
+def update_memory_stats(stats: Mapping[str, Array], indices: Array, queries: Array,
+                        valid: Array, config: PromptConfig) -> dict[str, Array]:
+  """One train step's update of the bank's `MEMORY_STATS_COLLECTION` state.
+
+  Called once per step with every retrieval of the step (all microbatches
+  concatenated), so the EMA decays once per step whatever the microbatching.
+
+  Args:
+    stats: {'ema_usage' [M], 'query_buffer' [S, d], 'buffer_count' (), 'restarts_total' ()}.
+    indices: [N, k] int slots retrieved this step.
+    queries: [N, d] their retrieval queries.
+    valid: [N] bool, examples with a real token (others are ignored).
+    config: the prompt configuration (usage_ema_decay, memory_size).
+
+  Returns:
+    The updated stats: ema ← decay·ema + (1 − decay)·f with f this step's usage
+    share (unchanged when no example is valid); the last ≤ S valid queries
+    pushed into the ring buffer.
+  """
+  m, k = config.memory_size, indices.shape[1]
+  n = jnp.sum(valid.astype(jnp.int32))
+  share = _valid_counts(indices, valid, m) / jnp.maximum(n * k, 1).astype(jnp.float32)
+  decay = config.usage_ema_decay
+  ema = stats['ema_usage']
+  ema = jnp.where(n > 0, decay * ema + (1. - decay) * share, ema)
+
+  buffer, count = stats['query_buffer'], stats['buffer_count']
+  size = buffer.shape[0]
+  rank = jnp.cumsum(valid.astype(jnp.int32)) - 1               # among valid rows
+  keep = valid & (rank >= n - size)                            # distinct slots only
+  pos = jnp.where(keep, (count + rank) % size, size)           # size = dropped
+  buffer = buffer.at[pos].set(queries.astype(buffer.dtype), mode='drop')
+  return dict(stats, ema_usage=ema, query_buffer=buffer, buffer_count=count + n)
+
+
+def restart_slots(keys: Array, values: Array, stats: Mapping[str, Array],
+                  config: PromptConfig, rng: Array
+                  ) -> tuple[Array, Array, dict[str, Array], Array]:
+  """Re-draws the keys of dead slots from buffered queries (VQ-VAE codebook restart).
+
+  A slot is dead when its EMA share is below ``restart_threshold / M``. Dead slot
+  number r (in index order) gets the buffered query ``order[r mod n]``, ``order``
+  a seeded random permutation of the n filled buffer rows, plus Gaussian noise ×
+  restart_noise × that query's norm; with restart_copy_values its values are
+  copied from the r-th most used live slot (cyclically). Its EMA is reset to
+  the uniform share 1/M. Nothing else changes. Written as global array code
+  (no per-shard logic), so a sharded bank restarts exactly as a single device.
+
+  Args:
+    keys: [M, d].
+    values: [M, L_m, d].
+    stats: the bank's memory stats (see `update_memory_stats`).
+    config: the prompt configuration.
+    rng: PRNG key.
+
+  Returns:
+    (keys, values, stats, number of restarted slots int32); nothing restarts
+    before a query has been buffered.
+  """
+  m = config.memory_size
+  ema, buffer = stats['ema_usage'], stats['query_buffer']
+  size = buffer.shape[0]
+  filled = jnp.minimum(stats['buffer_count'], size)
+  dead = (ema < config.restart_threshold / m) & (filled > 0)
+  rank = jnp.cumsum(dead.astype(jnp.int32)) - 1
+  rng_order, rng_noise = jax.random.split(rng)
+  u = jnp.where(jnp.arange(size) < filled, jax.random.uniform(rng_order, (size,)), 2.)
+  order = jnp.argsort(u)
+  src = jnp.take(order, rank % jnp.maximum(filled, 1), axis=0)
+  drawn = jnp.take(buffer, src, axis=0)                          # [M, d]
+  norm = jnp.sqrt(jnp.sum(jnp.square(drawn), axis=-1, keepdims=True))
+  noise = jax.random.normal(rng_noise, keys.shape, jnp.float32)
+  new_keys = drawn + config.restart_noise * norm * noise
+  keys = jnp.where(dead[:, None], new_keys.astype(keys.dtype), keys)
+  if config.restart_copy_values:
+    live = ~dead
+    num_live = jnp.sum(live.astype(jnp.int32))
+    by_use = jnp.argsort(jnp.where(live, -ema, jnp.inf), stable=True)
+    src_v = jnp.take(by_use, rank % jnp.maximum(num_live, 1), axis=0)
+    copy = dead & (num_live > 0)
+    values = jnp.where(copy[:, None, None], jnp.take(values, src_v, axis=0), values)
+  num = jnp.sum(dead.astype(jnp.int32))
+  stats = dict(stats, ema_usage=jnp.where(dead, 1. / m, ema),
+               restarts_total=stats['restarts_total'] + num)
+  return keys, values, stats, num
+
+
+def restart_dead_slots(params: Any, model_state: Any, config: PromptConfig, rng: Array
+                       ) -> tuple[Any, Any, Array]:
+  """`restart_slots` on every memory bank of a parameter tree (jit-friendly).
+
+  Args:
+    params: the 'params' tree (unboxed); banks are the 'memory_bank' subtrees.
+    model_state: {MEMORY_STATS_COLLECTION: tree with the same 'memory_bank' paths}.
+    config: the prompt configuration.
+    rng: PRNG key.
+
+  Returns:
+    (params, model_state, number of restarted slots).
+  """
+  params = _copy_dicts(params)
+  model_state = _copy_dicts(model_state)
+  stats_tree = model_state[MEMORY_STATS_COLLECTION]
+  total = jnp.zeros((), jnp.int32)
+  for i, path in enumerate(_bank_paths(params)):
+    bank, stats_parent = _at(params, path), _at(stats_tree, path[:-1])
+    keys, values, stats, num = restart_slots(
+        bank['keys'], bank['values'], stats_parent[path[-1]], config,
+        jax.random.fold_in(rng, i))
+    bank['keys'], bank['values'] = keys, values
+    stats_parent[path[-1]] = stats
+    total = total + num
+  return params, model_state, total
+
+
+def update_all_memory_stats(model_state: Any, params: Any, indices: Array, queries: Array,
+                            valid: Array, config: PromptConfig) -> dict[str, Any]:
+  """`update_memory_stats` on every memory bank's stats in ``model_state``.
+
+  Args:
+    model_state: {MEMORY_STATS_COLLECTION: tree}, banks at the 'memory_bank' paths
+      of ``params``.
+    params: the 'params' tree (only its structure is read).
+    indices, queries, valid: this step's retrievals (see `update_memory_stats`).
+    config: the prompt configuration.
+
+  Returns:
+    A new model_state.
+  """
+  model_state = _copy_dicts(model_state)
+  stats_tree = model_state[MEMORY_STATS_COLLECTION]
+  for path in _bank_paths(params):
+    parent = _at(stats_tree, path[:-1])
+    parent[path[-1]] = update_memory_stats(parent[path[-1]], indices, queries, valid, config)
+  return model_state
+
+
+def total_restarts(model_state: Any) -> Array:
+  """Slots restarted so far, summed over the banks of ``model_state`` (int32)."""
+  totals = [v for path, v in flax.traverse_util.flatten_dict(
+      _copy_dicts(model_state.get(MEMORY_STATS_COLLECTION, {}))).items()
+            if path[-1] == 'restarts_total']
+  return sum(totals, jnp.zeros((), jnp.int32))
+
+
+def _bank_paths(tree: Mapping[str, Any], path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+  """Paths of the 'memory_bank' subtrees (those holding 'keys') of a params tree."""
+  found = []
+  for name, child in tree.items():
+    if isinstance(child, Mapping):
+      if name == 'memory_bank' and 'keys' in child:
+        found.append(path + (name,))
+      else:
+        found.extend(_bank_paths(child, path + (name,)))
+  return found
+
+
+def _at(tree, path):
+  for name in path:
+    tree = tree[name]
+  return tree
+
+
+def spherical_or_euclidean_kmeans(points: Array, centroids: Array, iterations: int,
+                                  spherical: bool) -> Array:
+  """Lloyd's k-means from given initial centroids; deterministic.
+
+  Args:
+    points: [N, d] float32.
+    centroids: [C, d] initial centroids.
+    iterations: Lloyd iterations.
+    spherical: cosine k-means (points and centroids on the unit sphere, assignment
+      by largest dot product, centroid = normalised sum) instead of Euclidean
+      (smallest squared distance, centroid = mean).
+
+  Returns:
+    [C, d] centroids; a centroid that gets no point keeps its previous value.
+    Ties in the assignment go to the lower centroid index.
+  """
+  x = points.astype(jnp.float32)
+  c = centroids.astype(jnp.float32)
+  if spherical:
+    x, c = _normalize(x), _normalize(c)
+  for _ in range(iterations):
+    if spherical:
+      assign = jnp.argmax(x @ c.T, axis=1)
+    else:
+      dist = jnp.sum(jnp.square(c), axis=1)[None, :] - 2. * (x @ c.T)
+      assign = jnp.argmin(dist, axis=1)
+    onehot = jax.nn.one_hot(assign, c.shape[0], dtype=jnp.float32)  # [N, C]
+    sums = onehot.T @ x
+    counts = jnp.sum(onehot, axis=0)[:, None]
+    new = _normalize(sums) if spherical else sums / jnp.maximum(counts, 1.)
+    c = jnp.where(counts > 0, new, c)
+  return c
+
+
+def keys_from_queries(queries: Array, prompt_config: PromptConfig, rng: Array) -> Array:
+  """[M, d] keys from [N, d] queries by ``prompt_config.key_init`` ('queries' | 'kmeans').
+
+  'queries': slot i gets query ``perm[i mod N]`` (perm a seeded permutation of the
+  N queries, so all are used before any repeats) + Gaussian noise × 0.01 × its
+  norm. 'kmeans': those noisy samples are the initial centroids of
+  `KMEANS_ITERATIONS` Lloyd iterations (spherical when similarity='cosine').
+  """
+  cfg = prompt_config
+  n = queries.shape[0]
+  if n < 1:
+    raise ValueError('Data-driven key init needs at least one query from a non-empty '
+                     'input; raise key_init_batches or check the training inputs.')
+  rng_perm, rng_noise = jax.random.split(rng)
+  perm = jax.random.permutation(rng_perm, n)
+  picked = jnp.take(queries.astype(jnp.float32), perm[jnp.arange(cfg.memory_size) % n], axis=0)
+  norm = jnp.sqrt(jnp.sum(jnp.square(picked), axis=-1, keepdims=True))
+  picked = picked + _KEY_INIT_NOISE * norm * jax.random.normal(rng_noise, picked.shape)
+  if cfg.key_init == 'queries':
+    return picked
+  if cfg.key_init == 'kmeans':
+    return spherical_or_euclidean_kmeans(queries, picked, KMEANS_ITERATIONS,
+                                         spherical=cfg.similarity == 'cosine')
+  raise ValueError(f"keys_from_queries needs key_init 'queries' or 'kmeans', got "
+                   f'{cfg.key_init!r}.')
+
+
+def init_keys_from_queries(params: Any, queries: Array, prompt_config: PromptConfig,
+                           rng: Array) -> Any:
+  """Replaces the memory keys of ``params`` by `keys_from_queries` (data-driven init).
+
+  Args:
+    params: the 'params' tree; banks are its 'memory_bank' subtrees.
+    queries: [N, d] retrieval queries of real (non-empty) training examples.
+    prompt_config: the config (key_init, similarity, memory_size).
+    rng: PRNG key (same key, same keys).
+
+  Returns:
+    The tree with new keys, each in the dtype and sharding of the old one.
+  """
+  tree = _copy_dicts(params)
+  for i, path in enumerate(_bank_paths(tree)):
+    bank = _at(tree, path)
+    keys = keys_from_queries(queries, prompt_config, jax.random.fold_in(rng, i))
+    bank['keys'] = _like(bank['keys'], keys)
+  return tree
 
 
 def init_prompts_from_embedding(params: Mapping[str, Any], embedding_table: Array,

@@ -24,8 +24,11 @@ Structure (does retrieval follow the discrete prompt?):
   * `share_in_top_slots` — the share of a held-out task's retrievals that fall in
     that set; `chance` = set size / M is what a uniform retriever would get.
 
-All functions are numpy-only and take plain arrays, so they run on logs saved by
-any tool; `plot_heatmap` writes a PNG with matplotlib's Agg backend.
+All functions take plain arrays, so they run on logs saved by any tool;
+`plot_heatmap` writes a PNG with matplotlib's Agg backend. `usage_summary` is the
+one implementation of the health statistics: it also runs on jax arrays (pass
+``xp=jax.numpy``), which is how `prompts.retrieval_statistics` computes them
+inside the jitted train step.
 """
 
 from __future__ import annotations
@@ -78,6 +81,33 @@ def usage_distribution(counts: Any) -> np.ndarray:
   return counts / total if total > 0 else np.zeros_like(counts)
 
 
+def usage_summary(counts: Any, xp: Any = np) -> Dict[str, Any]:
+  """Health statistics of slot-usage counts `[M]`, in numpy or (``xp=jnp``) under jit.
+
+  Args:
+    counts: `[M]` retrieval counts per slot.
+    xp: the array module (`numpy` or `jax.numpy`).
+
+  Returns:
+    `{'entropy'` (nats of the usage distribution; 0 without retrievals),
+    `'normalized_entropy'` (entropy ÷ log M: 1 = uniform; 1 for M = 1; NaN without
+    retrievals), `'unused_fraction'` (slots with zero count), `'used_fraction'`}.
+    Scalars are Python floats for numpy input and 0-d arrays for jax.
+  """
+  counts = xp.asarray(counts)
+  size = counts.shape[0]
+  c = counts.astype(xp.float64 if xp is np else xp.float32)
+  total = xp.sum(c)
+  p = c / xp.maximum(total, 1.)
+  entropy = -xp.sum(xp.where(p > 0, p * xp.log(xp.where(p > 0, p, 1.)), 0.))
+  ratio = entropy / math.log(size) if size > 1 else xp.ones_like(entropy)
+  ratio = xp.where(total > 0, ratio, xp.nan)
+  unused = xp.mean((counts == 0).astype(c.dtype))
+  out = {'entropy': entropy, 'normalized_entropy': ratio, 'unused_fraction': unused,
+         'used_fraction': 1. - unused}
+  return {k: float(v) for k, v in out.items()} if xp is np else out
+
+
 def normalized_entropy(counts: Any) -> float:
   """Entropy of the slot-usage distribution ÷ log M, in [0, 1].
 
@@ -85,19 +115,12 @@ def normalized_entropy(counts: Any) -> float:
   ratio is defined as 1 (one slot is all there is). NaN when there are no
   retrievals.
   """
-  p = usage_distribution(counts)
-  if p.sum() == 0:
-    return float('nan')
-  if p.size == 1:
-    return 1.0
-  nz = p[p > 0]
-  return float(-(nz * np.log(nz)).sum() / math.log(p.size))
+  return usage_summary(np.asarray(counts).reshape(-1))['normalized_entropy']
 
 
 def unused_fraction(counts: Any) -> float:
   """Fraction of the M slots with zero retrievals."""
-  counts = np.asarray(counts)
-  return float((counts == 0).mean())
+  return usage_summary(np.asarray(counts).reshape(-1))['unused_fraction']
 
 
 def health(indices: Any, memory_size: int) -> Dict[str, float]:

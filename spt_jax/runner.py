@@ -261,6 +261,12 @@ def check_vocabulary(mixture_or_task_name: str, vocab_size: int,
           'gin/runs/sample_vocabulary.gin).')
 
 
+def _model_state_only(variables):
+  """Non-parameter collections that persist across steps (sown outputs excluded)."""
+  return {k: v for k, v in variables.items()
+          if k in (prompts_lib.MEMORY_STATS_COLLECTION,)}
+
+
 @dataclasses.dataclass
 class ModelSetup:
   """A model placed on a mesh: logical specs, parameter shardings, init and import.
@@ -273,6 +279,9 @@ class ModelSetup:
     boxed_abstract_params: `jax.eval_shape` of init, `nn.Partitioned` leaves (logical names).
     abstract_params: unboxed `ShapeDtypeStruct`s.
     param_shardings: `NamedSharding` per parameter (unboxed structure).
+    abstract_model_state: unboxed `ShapeDtypeStruct`s of the non-parameter state the
+      train step carries (`TrainState.model_state`; {} for most models).
+    model_state_shardings: `NamedSharding`s of that state (logical axes as declared).
   """
   model: models_lib.EncoderDecoderModel
   mesh: jax.sharding.Mesh
@@ -281,6 +290,8 @@ class ModelSetup:
   boxed_abstract_params: Any
   abstract_params: Any
   param_shardings: Any
+  abstract_model_state: Any = dataclasses.field(default_factory=dict)
+  model_state_shardings: Any = dataclasses.field(default_factory=dict)
 
   @classmethod
   def create(cls, model: models_lib.EncoderDecoderModel, task_feature_lengths: Mapping[str, int],
@@ -294,16 +305,21 @@ class ModelSetup:
       prompt_config.validate(max_input_length=int(task_feature_lengths['inputs']))
     batch = dummy_batch(task_feature_lengths)
     with partitioning.activate(mesh, rules):
-      boxed = jax.eval_shape(
-          lambda r: _params_only(model.network.init(
+      variables = jax.eval_shape(
+          lambda r: model.network.init(
               r, batch['encoder_input_tokens'], batch['decoder_input_tokens'],
-              batch['decoder_target_tokens'], enable_dropout=False)),
+              batch['decoder_target_tokens'], enable_dropout=False),
           jax.random.PRNGKey(0))
+    boxed = _params_only(variables)
+    boxed_state = _model_state_only(variables)
     shardings = partitioning.param_shardings(boxed, mesh, rules)
+    state_shardings = (partitioning.param_shardings(boxed_state, mesh, rules)
+                       if boxed_state else {})
     return cls(model=model, mesh=mesh, rules=rules,
                task_feature_lengths=dict(task_feature_lengths),
                boxed_abstract_params=boxed, abstract_params=nn.unbox(boxed),
-               param_shardings=shardings)
+               param_shardings=shardings, abstract_model_state=nn.unbox(boxed_state),
+               model_state_shardings=state_shardings)
 
   def activate(self):
     """Mesh + rules context for tracing / running jitted model code."""
@@ -321,6 +337,28 @@ class ModelSetup:
 
     with self.activate():
       return jax.jit(init, out_shardings=self.param_shardings)(rng)
+
+  def init_model_state(self) -> Any:
+    """Initial non-parameter state (`TrainState.model_state`), sharded; {} when none."""
+    if not self.abstract_model_state:
+      return {}
+    batch = dummy_batch(self.task_feature_lengths)
+    net = self.model.network
+
+    def init(r):
+      return nn.unbox(_model_state_only(net.init(
+          r, batch['encoder_input_tokens'], batch['decoder_input_tokens'],
+          batch['decoder_target_tokens'], enable_dropout=False)))
+
+    with self.activate():
+      return jax.jit(init, out_shardings=self.model_state_shardings)(jax.random.PRNGKey(0))
+
+  def retrieval_queries(self, params: Any, encoder_input_tokens: Any) -> Any:
+    """[B, d] retrieval queries of a global batch of inputs (`Transformer.retrieval_query`)."""
+    net = self.model.network
+    with self.activate():
+      return jax.jit(lambda p, t: net.apply({'params': p}, t, method=net.retrieval_query))(
+          params, encoder_input_tokens)
 
   def load_initial_params(self, params: Any, path: str, format: str,  # pylint: disable=redefined-builtin
                           rng: jax.Array, reinit_prompts: bool = True) -> Any:

@@ -11,7 +11,9 @@ hf | t5x | orbax), USE_CACHED_TASKS.
 
 What a run writes in MODEL_DIR: `checkpoints/<step>/` (orbax: train state + JSON metadata),
 TensorBoard event files and `metrics.jsonl` (one JSON object per step / summary, process 0
-only), `config.gin` (the operative gin config).
+only), `config.gin` (the operative gin config), for SPT `retrieval_usage/<step>.npy` (the
+cumulative slot-usage counts behind the `retrieval/cumulative_*` metrics, kept with each
+checkpoint so a resumed run continues them).
 
 Guarantees (tested in tests/test_train.py):
 * Exact resume: the state (params, optimizer state, step, RNG) is checkpointed and the input
@@ -23,6 +25,7 @@ Guarantees (tested in tests/test_train.py):
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -46,6 +49,7 @@ from spt_jax import optim
 from spt_jax import partitioning
 from spt_jax import paths
 from spt_jax import prompts as prompts_lib
+from spt_jax import retrieval_analysis
 from spt_jax import runner
 from spt_jax import train_state as train_state_lib
 
@@ -184,7 +188,7 @@ def _combine_metrics(stacked: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
   """Per-microbatch metrics `[n, ...]` → one step's metrics."""
   out = {}
   for k, v in stacked.items():
-    if k in ('retrieval_indices', 'retrieval_scores'):
+    if k.startswith('retrieval_'):
       out[k] = v.reshape((-1,) + v.shape[2:])
     elif k in _SUM_METRICS:
       out[k] = jnp.sum(v, axis=0)
@@ -207,23 +211,26 @@ def make_train_step(model: models_lib.EncoderDecoderModel, tx, mask: Any,
   """
   if sum_microbatch_grads is None:
     sum_microbatch_grads = model.loss_normalizing_factor is None
-  memory_size = model.network.prompt_config.memory_size if model.has_memory else 0
+  prompt_config = model.network.prompt_config if model.has_memory else None
+  memory_size = prompt_config.memory_size if prompt_config is not None else 0
+  tracks_usage = prompt_config is not None and prompt_config.tracks_usage
 
-  def grads_and_metrics(params, batch, rng):
+  def grads_and_metrics(params, batch, rng, model_state):
     grad_fn = jax.value_and_grad(model.loss_fn, has_aux=True)
-    (_, metrics), grads = grad_fn(params, batch, rng)
+    (_, metrics), grads = grad_fn(params, batch, rng, model_state)
     return grads, metrics
 
   def step_fn(state: train_state_lib.TrainState, batch: Mapping[str, jax.Array]):
     rng = jax.random.fold_in(state.rng, state.step)
     if num_microbatches <= 1:
-      grads, metrics = grads_and_metrics(state.params, batch, rng)
+      grads, metrics = grads_and_metrics(state.params, batch, rng, state.model_state)
     else:
       mbs = jax.tree.map(lambda x: _split_microbatches(x, num_microbatches), batch)
 
       def body(acc, xs):
         i, mb = xs
-        g, m = grads_and_metrics(state.params, mb, jax.random.fold_in(rng, i))
+        g, m = grads_and_metrics(state.params, mb, jax.random.fold_in(rng, i),
+                                 state.model_state)
         return jax.tree.map(jnp.add, acc, g), m
 
       zeros = jax.tree.map(jnp.zeros_like, state.params)
@@ -240,6 +247,13 @@ def make_train_step(model: models_lib.EncoderDecoderModel, tx, mask: Any,
     out = {k: v for k, v in metrics.items() if jnp.ndim(v) == 0}
     out['grad_norm'] = grad_norm
     out['learning_rate'] = schedule(state.step)
+    if 'balance_loss' in metrics:
+      out['retrieval/balance_loss'] = metrics['balance_loss']
+    if tracks_usage:
+      new_state, restarted, total = _track_usage_and_restart(
+          new_state, metrics, prompt_config, jax.random.fold_in(rng, _RESTART_RNG_SALT))
+      out['retrieval/restarted_slots'] = restarted
+      out['retrieval/restarts_total'] = total
     if memory_size and 'retrieval_indices' in metrics:
       stats = prompts_lib.retrieval_statistics(metrics['retrieval_indices'], memory_size)
       out['retrieval/entropy'] = stats['entropy']
@@ -250,6 +264,37 @@ def make_train_step(model: models_lib.EncoderDecoderModel, tx, mask: Any,
     return new_state, out
 
   return step_fn
+
+
+# Folded into a step's key for the dead-slot restart (clear of microbatch indices).
+_RESTART_RNG_SALT = 0x5E57A27
+
+
+def _track_usage_and_restart(state: train_state_lib.TrainState, metrics: Mapping[str, Any],
+                             prompt_config: prompts_lib.PromptConfig, rng: jax.Array):
+  """Updates the memory usage stats with this step's retrievals; restarts dead slots.
+
+  Runs after the optimizer update of step s (so `state.step` = s + 1); every
+  `restart_every_steps` steps the dead slots' keys are re-drawn (`lax.cond`, so other
+  steps pay nothing). Returns (state, slots restarted this step, restarts so far).
+  """
+  model_state = prompts_lib.update_all_memory_stats(
+      state.model_state, state.params, metrics['retrieval_indices'],
+      metrics['retrieval_queries'], metrics['retrieval_valid'], prompt_config)
+
+  def restart(operands):
+    params, model_state = operands
+    return prompts_lib.restart_dead_slots(params, model_state, prompt_config, rng)
+
+  def keep(operands):
+    params, model_state = operands
+    return params, model_state, jnp.zeros((), jnp.int32)
+
+  due = state.step % prompt_config.restart_every_steps == 0
+  params, model_state, restarted = jax.lax.cond(due, restart, keep,
+                                                (state.params, model_state))
+  total = prompts_lib.total_restarts(model_state)
+  return state.replace(params=params, model_state=model_state), restarted, total
 
 
 # ------------------------------------------------------------------------------------------
@@ -287,6 +332,87 @@ class _PreemptionWatcher:
 # ------------------------------------------------------------------------------------------
 # train().
 # ------------------------------------------------------------------------------------------
+_USAGE_DIR = 'retrieval_usage'
+
+
+def _save_usage(model_dir: str, step: int, usage: np.ndarray, keep: set[int]) -> None:
+  """Writes `<model_dir>/retrieval_usage/<step>.npy` (process 0); drops other steps'."""
+  if jax.process_index() != 0:
+    return
+  directory = epath.Path(model_dir) / _USAGE_DIR
+  directory.mkdir(parents=True, exist_ok=True)
+  tmp = directory / f'{step}.npy.tmp'
+  with tmp.open('wb') as f:
+    np.save(f, usage)
+  tmp.rename(directory / f'{step}.npy')
+  for path in directory.glob('*.npy'):
+    if path.name[:-4].isdigit() and int(path.name[:-4]) not in keep:
+      path.unlink()
+
+
+def _load_usage(model_dir: str, step: int) -> np.ndarray | None:
+  path = epath.Path(model_dir) / _USAGE_DIR / f'{step}.npy'
+  if not path.exists():
+    logging.warning('No cumulative retrieval usage saved for step %d; the cumulative '
+                    'retrieval metrics count from the resume step.', step)
+    return None
+  with path.open('rb') as f:
+    return np.load(f)
+
+
+def _cumulative_usage_metrics(usage: np.ndarray) -> dict[str, float]:
+  """Health of the slot usage accumulated over every training retrieval since step 1.
+
+  `usage` [M] counts (restored with the checkpoint on resume, see `_save_usage`).
+  """
+  summary = retrieval_analysis.usage_summary(usage)
+  return {'retrieval/never_used_fraction': summary['unused_fraction'],
+          'retrieval/cumulative_never_used_fraction': summary['unused_fraction'],
+          'retrieval/cumulative_normalized_entropy': summary['normalized_entropy']}
+
+
+def _init_keys_from_data(setup: runner.ModelSetup, state: train_state_lib.TrainState,
+                         data: Any, batch_size: int, mesh: jax.sharding.Mesh, rng: jax.Array
+                         ) -> tuple[train_state_lib.TrainState, Any]:
+  """Data-driven memory keys at step 0 (`PromptConfig.key_init` 'queries' / 'kmeans').
+
+  Peeks at the first `key_init_batches` training batches, computes their retrieval
+  queries with the network (`Transformer.retrieval_query`), drops empty inputs and sets
+  the keys with `prompts.init_keys_from_queries`. The peeked batches are put back in
+  front of the stream, so training sees exactly the batches it would have seen. The
+  optimizer state is left as is (its initial value does not depend on the parameters).
+  Returns `(state, data)` unchanged for other configs.
+  """
+  cfg = setup.model.network.prompt_config
+  if (cfg is None or cfg.memory_size == 0 or cfg.key_init == 'values_mean'
+      or cfg.slot_assignment != 'learned'):
+    return state, data
+  peeked, queries = [], []
+  for _ in range(cfg.key_init_batches):
+    local = next(data)
+    peeked.append(local)
+    tokens = partitioning.shard_batch(local, mesh, batch_size)['encoder_input_tokens']
+    q = multihost_gather(setup.retrieval_queries(state.params, tokens))
+    valid = multihost_gather(jnp.any(tokens > 0, axis=1))
+    queries.append(q[valid])
+  queries = np.concatenate(queries, axis=0)
+  logging.info("Memory keys initialised by key_init='%s' from %d queries of %d batches.",
+               cfg.key_init, queries.shape[0], cfg.key_init_batches)
+  with setup.activate():
+    params = jax.jit(prompts_lib.init_keys_from_queries, static_argnums=2,
+                     out_shardings=setup.param_shardings)(
+                         state.params, jnp.asarray(queries), cfg, rng)
+  return state.replace(params=params), itertools.chain(peeked, data)
+
+
+def multihost_gather(x: jax.Array) -> np.ndarray:
+  """The full value of a (possibly multi-process) global array on every host, as numpy."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(jax.device_get(x))
+
+
 def _check_finite(window: Sequence[tuple[int, dict[str, float]]], ckpt, model_dir: str) -> None:
   for step, values in window:
     loss = values.get('loss')
@@ -417,7 +543,8 @@ def train(
                                                    setup.param_shardings, mesh)
   rep = partitioning.replicated(mesh)
   state_shardings = train_state_lib.TrainState(step=rep, params=setup.param_shardings,
-                                               opt_state=opt_shardings, rng=rep)
+                                               opt_state=opt_shardings, rng=rep,
+                                               model_state=setup.model_state_shardings)
   n_params = optim.count_params(setup.abstract_params)
   n_train = optim.count_params(setup.abstract_params, mask)
   logging.info('Mesh %s; %d parameters, %d trainable (%s).', dict(mesh.shape), n_params,
@@ -429,7 +556,8 @@ def train(
   if latest is not None:
     abstract_state = train_state_lib.TrainState(
         step=jax.ShapeDtypeStruct((), jnp.int32), params=setup.abstract_params,
-        opt_state=abstract_opt, rng=jax.ShapeDtypeStruct((2,), jnp.uint32))
+        opt_state=abstract_opt, rng=jax.ShapeDtypeStruct((2,), jnp.uint32),
+        model_state=setup.abstract_model_state)
     state, meta = ckpt.restore(
         train_state_lib.abstract_with_shardings(abstract_state, state_shardings))
     logging.info('Resuming from checkpoint step %d in %s (%s)', latest, ckpt.directory, meta)
@@ -446,7 +574,8 @@ def train(
       opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
     state = train_state_lib.TrainState(
         step=jax.device_put(jnp.zeros((), jnp.int32), rep), params=params,
-        opt_state=opt_state, rng=jax.device_put(train_rng, rep))
+        opt_state=opt_state, rng=jax.device_put(train_rng, rep),
+        model_state=setup.init_model_state())
   start_step = int(jax.device_get(state.step))
   result = {'state': state, 'step': start_step, 'history': [], 'preempted': False,
             'model_dir': model_dir}
@@ -466,6 +595,12 @@ def train(
       shuffle=shuffle, seed=seed, use_cached=use_cached_tasks, pack=pack,
       skip_batches=start_step, input_sharding=input_sharding,
       prompt_config=model.network.prompt_config)
+  # A fresh run draws data-driven keys, unless it starts from an spt_jax run ('orbax'),
+  # whose trained memory keys it keeps (e.g. SuperGLUE from the GLUE run's prompts).
+  restores_keys = bool(initial_checkpoint_path) and initial_checkpoint_format == 'orbax'
+  if latest is None and not restores_keys:
+    state, data = _init_keys_from_data(setup, state, data, batch_size, mesh,
+                                       jax.random.fold_in(prompt_rng, 1))
 
   step_fn = make_train_step(model, tx, mask, schedule, num_microbatches)
   batch_sharding = partitioning.batch_sharding(mesh)
@@ -483,8 +618,10 @@ def train(
   tokens_per_step = batch_size * (t_in + t_out)
   flops_per_step = model_flops_per_step(model, setup.abstract_params, batch_size, t_in, t_out)
   peak = (peak_flops_per_device or peak_flops()) * mesh.size
-  usage = None
+  # Cumulative slot usage since step 1, saved next to each checkpoint so a resumed run
+  # continues the count (a run resumed from a checkpoint without it starts again at 0).
   memory_size = model.network.prompt_config.memory_size if model.has_memory else 0
+  usage = _load_usage(model_dir, start_step) if start_step and memory_size else None
 
   def write_window(window, seconds, steps):
     nonlocal usage
@@ -492,7 +629,7 @@ def train(
       hist = values.pop('retrieval/histogram', None)
       if hist is not None:
         usage = hist.astype(np.int64) if usage is None else usage + hist
-        values['retrieval/never_used_fraction'] = float(np.mean(usage == 0))
+        values.update(_cumulative_usage_metrics(usage))
       writers.scalars(s, values)
     if steps and seconds > 0:
       last_step, last = window[-1]
@@ -544,6 +681,8 @@ def train(
           window_start, window_steps = now, 0
         paused = time.time()  # Saving / evaluating is excluded from the throughput window.
         if ckpt.should_save(step) or final or preempted:
+          if usage is not None:
+            _save_usage(model_dir, step, usage, keep=set(ckpt.all_steps()) | {step})
           ckpt.save(state, {'mixture_or_task_name': mixture_or_task_name,
                             'batch_size': batch_size, 'seed': seed})
         if eval_fn is not None and ((eval_every_steps and step % eval_every_steps == 0)

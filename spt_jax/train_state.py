@@ -1,8 +1,9 @@
 """Train state and orbax checkpointing with exact resume.
 
 `TrainState` holds everything a step depends on: the step counter, parameters, optimizer
-state and the base RNG key (dropout keys are derived by `fold_in(rng, step)`, so nothing
-else needs saving). The input position is the number of global batches consumed, which is
+state, the base RNG key (dropout keys are derived by `fold_in(rng, step)`, so nothing
+else needs saving) and the network's non-parameter state (`model_state`: the SPT memory
+bank's usage statistics when dead-slot restarts are on; {} otherwise). The input position is the number of global batches consumed, which is
 the step: the seqio pipeline is deterministic for a fixed seed, so resuming skips that many
 batches and sees exactly the batches an uninterrupted run would have seen.
 
@@ -38,23 +39,33 @@ class TrainState:
     params: parameter tree (unboxed arrays, float32 masters).
     opt_state: optax state (frozen parameters have none).
     rng: uint32[2] base PRNG key; step `s` uses `fold_in(rng, s)`.
+    model_state: non-parameter flax collections the step reads and updates
+      ({collection: tree}); {} for models without any. Checkpointed only when
+      non-empty, so checkpoints of such models keep their old layout.
   """
   step: jax.Array
   params: Any
   opt_state: Any
   rng: jax.Array
+  model_state: Any = flax.struct.field(default_factory=dict)
 
   @classmethod
-  def create(cls, params: Any, opt_state: Any, rng: jax.Array) -> 'TrainState':
-    return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state, rng=rng)
+  def create(cls, params: Any, opt_state: Any, rng: jax.Array,
+             model_state: Any = None) -> 'TrainState':
+    return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state, rng=rng,
+               model_state=model_state or {})
 
   def as_dict(self) -> dict[str, Any]:
-    return {'step': self.step, 'params': self.params, 'opt_state': self.opt_state,
-            'rng': self.rng}
+    d = {'step': self.step, 'params': self.params, 'opt_state': self.opt_state,
+         'rng': self.rng}
+    if self.model_state:
+      d['model_state'] = self.model_state
+    return d
 
   @classmethod
   def from_dict(cls, d: dict[str, Any]) -> 'TrainState':
-    return cls(step=d['step'], params=d['params'], opt_state=d['opt_state'], rng=d['rng'])
+    return cls(step=d['step'], params=d['params'], opt_state=d['opt_state'], rng=d['rng'],
+               model_state=d.get('model_state') or {})
 
 
 def abstract_with_shardings(abstract_tree: Any, sharding_tree: Any) -> Any:

@@ -359,3 +359,83 @@ def test_readme_local_spt_run_command_line(tmp_path):
   assert sorted(os.listdir(os.path.join(model_dir, 'checkpoints'))) == ['10', '20']
   assert os.path.exists(os.path.join(model_dir, 'config.gin'))
   assert 'step 20/20' in out.stderr
+
+
+# ------------------------------------------------------------------------------------------
+# Memory health: restart state in the train state, data-driven keys, cumulative metrics.
+_HEALTHY = dict(balance_loss_weight=0.01, restart_every_steps=3, usage_ema_decay=0.5,
+                restart_threshold=0.9, key_init='kmeans', key_init_batches=2,
+                query_buffer_size=8)
+
+
+def _healthy_kwargs(model_dir, steps, dropout_rate=0.1, **prompt_overrides):
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  pc = dataclasses.replace(tl.SPT, **{**_HEALTHY, **prompt_overrides})
+  kw = tl.reference_kwargs(model_dir, steps, dropout_rate)
+  kw['model'] = tl.tiny_model(prompt_config=pc, dropout_rate=dropout_rate)
+  return kw
+
+
+def test_memory_health_metrics_and_restart_state(tmp_path):
+  model_dir = str(tmp_path / 'run')
+  result = train.train(mesh=_one_device(), **_healthy_kwargs(model_dir, 6))
+  records = tl.read_metrics(model_dir)
+  for key in ('retrieval/cumulative_never_used_fraction',
+              'retrieval/cumulative_normalized_entropy', 'retrieval/balance_loss',
+              'retrieval/restarted_slots', 'retrieval/restarts_total', 'balance_loss'):
+    assert key in records[6], key
+  assert records[1]['retrieval/restarted_slots'] == 0
+  restarted = [records[s]['retrieval/restarted_slots'] for s in (3, 6)]
+  assert sum(restarted) > 0
+  assert records[6]['retrieval/restarts_total'] == sum(restarted)
+  assert records[6]['retrieval/balance_loss'] > 0
+  assert 0 <= records[6]['retrieval/cumulative_never_used_fraction'] <= 1
+  stats = result['state'].model_state['memory_stats']['encoder']['memory_bank']
+  assert stats['ema_usage'].shape == (16,) and int(stats['buffer_count']) == 6 * 8
+  assert int(stats['restarts_total']) == sum(restarted)
+
+
+def test_exact_resume_with_memory_restart_state(tmp_path):
+  """Crash after step 7 (checkpoint at 5), resume to 11 == uninterrupted, restarts on."""
+  a = train.train(mesh=_one_device(), **_healthy_kwargs(str(tmp_path / 'a'), 11))
+
+  def crash(step, state):
+    del state
+    if step == 7:
+      raise _Crash()
+
+  b_dir = str(tmp_path / 'b')
+  with pytest.raises(_Crash):
+    train.train(mesh=_one_device(), hooks=[crash], **_healthy_kwargs(b_dir, 11))
+  b = train.train(mesh=_one_device(), **_healthy_kwargs(b_dir, 11))
+  assert [s for s, _ in b['history']] == list(range(6, 12))
+  la, lb = _losses(a), _losses(b)
+  for s in range(6, 12):
+    assert la[s] == lb[s], s
+  assert ts.tree_equal(jax.device_get(a['state'].params), jax.device_get(b['state'].params))
+  assert ts.tree_equal(jax.device_get(a['state'].model_state),
+                       jax.device_get(b['state'].model_state))
+  ra, rb = tl.read_metrics(str(tmp_path / 'a')), tl.read_metrics(b_dir)
+  for key in ('retrieval/restarted_slots', 'retrieval/restarts_total',
+              'retrieval/cumulative_never_used_fraction',
+              'retrieval/cumulative_normalized_entropy'):
+    assert [ra[s][key] for s in (6, 9, 11)] == [rb[s][key] for s in (6, 9, 11)], key
+
+
+def test_memory_usage_composes_with_microbatching(tmp_path):
+  """Usage stats of a step cover all its microbatches: 2 microbatches == 1 batch."""
+  out = {}
+  for n in (1, 2):
+    # The balance loss is not additive over microbatches (a product of batch means): off.
+    kw = _healthy_kwargs(str(tmp_path / f'mb{n}'), 3, dropout_rate=0.0, key_init='queries',
+                         balance_loss_weight=0.)
+    kw.update(save_every_steps=0, num_microbatches=n)
+    out[n] = train.train(mesh=partitioning.create_mesh(mesh_shape=(2, 1),
+                                                       devices=jax.devices()[:2]), **kw)
+  sa = jax.device_get(out[1]['state'].model_state)['memory_stats']['encoder']['memory_bank']
+  sb = jax.device_get(out[2]['state'].model_state)['memory_stats']['encoder']['memory_bank']
+  np.testing.assert_allclose(sa['ema_usage'], sb['ema_usage'], atol=1e-6)
+  assert int(sa['buffer_count']) == int(sb['buffer_count']) == 3 * 8
+  assert int(sa['restarts_total']) == int(sb['restarts_total'])
+  for s in (1, 2, 3):
+    assert _losses(out[2])[s] == pytest.approx(_losses(out[1])[s], rel=1e-5)
