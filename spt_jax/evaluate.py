@@ -79,25 +79,12 @@ def check_checkpoint(path: str, format: str) -> None:  # pylint: disable=redefin
   Also when the directory plainly holds another format than CHECKPOINT_FORMAT names
   (`checkpoints.detect_format`: e.g. an HF folder evaluated with the default 'orbax').
   """
-  if format not in CHECKPOINT_FORMATS:
-    raise ValueError(f'CHECKPOINT_FORMAT={format!r} is not one of {CHECKPOINT_FORMATS}: '
-                     "'orbax' for spt_jax runs, 'hf' for a transformers T5 folder, 't5x' for a "
-                     'T5X checkpoint_<step> folder.')
-  if not path:
+  if format in CHECKPOINT_FORMATS and not path:
     raise ValueError('CHECKPOINT_PATH is empty: set --gin.CHECKPOINT_PATH="\'/path\'" to an '
                      'spt_jax run directory (MODEL_DIR), an orbax step directory, an HF T5 '
                      'folder or a T5X checkpoint.')
-  if not epath.Path(path).exists():
-    raise FileNotFoundError(
-        f'CHECKPOINT_PATH={path!r} does not exist. Point it at an spt_jax run directory (the '
-        "trainer's MODEL_DIR) or one of its checkpoints/<step> directories (format 'orbax'), "
-        "a transformers T5 folder ('hf') or a T5X checkpoint_<step> folder ('t5x').")
-  detected = checkpoints.detect_format(path)
-  if detected is not None and detected != format:
-    raise ValueError(
-        f'CHECKPOINT_PATH={path!r} holds a {detected!r} checkpoint '
-        f'({checkpoints.FORMAT_MARKERS[detected]}) but CHECKPOINT_FORMAT={format!r}: set '
-        f"--gin.CHECKPOINT_FORMAT=\"'{detected}'\".")
+  runner.check_initial_checkpoint(path, format, path_macro='CHECKPOINT_PATH',
+                                  format_macro='CHECKPOINT_FORMAT', scratch_hint=False)
 
 
 def run_checkpoint_steps(run_dir: str) -> list[int]:

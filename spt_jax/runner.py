@@ -205,7 +205,8 @@ _FORMAT_HELP = ("'hf': a transformers T5 folder (config.json + model.safetensors
 
 def check_initial_checkpoint(path: str, format: str,  # pylint: disable=redefined-builtin
                              path_macro: str = 'INITIAL_CHECKPOINT_PATH',
-                             format_macro: str = 'INITIAL_CHECKPOINT_FORMAT') -> None:
+                             format_macro: str = 'INITIAL_CHECKPOINT_FORMAT',
+                             scratch_hint: bool = True) -> None:
   """Fails fast, before any model or data work, on a bad pretrained-checkpoint setting.
 
   Checks that the format is known, that the path exists, and that the directory does not
@@ -215,6 +216,7 @@ def check_initial_checkpoint(path: str, format: str,  # pylint: disable=redefine
     path: the checkpoint directory.
     format: 'hf' | 't5x' | 'orbax'.
     path_macro, format_macro: the gin macros the user set, named in the messages.
+    scratch_hint: mention `PATH = None` (train from scratch) as the other fix.
 
   Raises:
     ValueError: unknown format, or the directory holds another format.
@@ -227,7 +229,8 @@ def check_initial_checkpoint(path: str, format: str,  # pylint: disable=redefine
   if not epath.Path(path).exists():
     raise FileNotFoundError(
         f'{path_macro}={path!r} does not exist. Point it at a checkpoint directory '
-        f'({_FORMAT_HELP}) or set {path_macro} = None to train from scratch.')
+        f'({_FORMAT_HELP})' + (f' or set {path_macro} = None to train from scratch.'
+                               if scratch_hint else '.'))
   detected = checkpoints.detect_format(path)
   if detected is not None and detected != format:
     raise ValueError(
@@ -325,33 +328,29 @@ class ModelSetup:
     """Mesh + rules context for tracing / running jitted model code."""
     return partitioning.activate(self.mesh, self.rules)
 
-  def init_params(self, rng: jax.Array) -> Any:
-    """Freshly initialised parameters, created directly with their shardings."""
+  def _init_collections(self, select, shardings, rng: jax.Array) -> Any:
+    """`select(network.init(...))` on a dummy batch, created directly with `shardings`."""
     batch = dummy_batch(self.task_feature_lengths)
     net = self.model.network
 
     def init(r):
-      return nn.unbox(_params_only(net.init(
+      return nn.unbox(select(net.init(
           r, batch['encoder_input_tokens'], batch['decoder_input_tokens'],
           batch['decoder_target_tokens'], enable_dropout=False)))
 
     with self.activate():
-      return jax.jit(init, out_shardings=self.param_shardings)(rng)
+      return jax.jit(init, out_shardings=shardings)(rng)
+
+  def init_params(self, rng: jax.Array) -> Any:
+    """Freshly initialised parameters, created directly with their shardings."""
+    return self._init_collections(_params_only, self.param_shardings, rng)
 
   def init_model_state(self) -> Any:
     """Initial non-parameter state (`TrainState.model_state`), sharded; {} when none."""
     if not self.abstract_model_state:
       return {}
-    batch = dummy_batch(self.task_feature_lengths)
-    net = self.model.network
-
-    def init(r):
-      return nn.unbox(_model_state_only(net.init(
-          r, batch['encoder_input_tokens'], batch['decoder_input_tokens'],
-          batch['decoder_target_tokens'], enable_dropout=False)))
-
-    with self.activate():
-      return jax.jit(init, out_shardings=self.model_state_shardings)(jax.random.PRNGKey(0))
+    return self._init_collections(_model_state_only, self.model_state_shardings,
+                                  jax.random.PRNGKey(0))
 
   def retrieval_queries(self, params: Any, encoder_input_tokens: Any) -> Any:
     """[B, d] retrieval queries of a global batch of inputs (`Transformer.retrieval_query`)."""
