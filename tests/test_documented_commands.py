@@ -28,9 +28,15 @@ The RUN commands execute as subprocesses with the interpreter running the tests 
   * each documented benchmark as `python benchmarks/X.py --help` from the repository root
     (the doc's relative path): it must import, parse, and know every flag the doc gives it.
 
-Wall time, measured on the shared 2-core machine under load (load average ~9): the whole file
-~26 s, no single test over ~7 s (spt_tasks.show 6.4 s, backbone_vs_torch --help 4.6 s: its
-jax + torch imports; the 24 launcher dry runs 0.03 s each), so nothing here is `slow`.
+Besides running them, every documented spt_jax.train / evaluate / infer command (pod ones
+included) and every one the launchers' dry runs print has its gin configuration parsed the way
+the entry point parses it (files exist, configurables / parameters exist, no misspelt macro),
+and every gin file, script, test file and module a command names must exist.
+
+Wall time, measured on the shared 2-core machine under load (load average ~9): 19-34 s for the
+whole file, no single test over ~7 s (spt_tasks.show 6.4-6.9 s and backbone_vs_torch --help
+4-4.6 s: interpreter start-up with jax / tensorflow / torch imports; 5 s of session set-up for
+the in-process gin parses; the 24 launcher dry runs 0.03 s each), so nothing here is `slow`.
 """
 import dataclasses
 import os
@@ -205,12 +211,12 @@ RULES = (
          'is (part of) the test suite itself'),
     Rule(COVERED, r'benchmarks/method_validity\.py --output_dir=\S+ --quick$',
          'is the smoke form tests/test_method_validity.py runs'),
-    Rule(COVERED, r'^(setsid nohup \.venv/bin/|\.?venv/bin/|)python benchmarks/method_validity'
-         r'\.py( --output_dir=/tmp/method_validity(_full)?( > \S+ 2>&1 &)?)?$',
+    Rule(COVERED, r'^(setsid nohup )?(\.venv/bin/)?python benchmarks/method_validity'
+         r'\.py --output_dir=/tmp/method_validity(_full)?( > \S+ 2>&1 &)?$',
          'the full experiment (hours on CPU); its --quick form is tests/test_method_validity.py'),
     Rule(COVERED, r'benchmarks/method_validity\.py .*--rewrite$',
-         "needs a finished full experiment's output; --rewrite is exercised by "
-         'tests/test_method_validity.py'),
+         "needs a finished experiment's output (runs.json); write_outputs, all it calls, is "
+         'tested on hand-made runs by tests/test_method_validity.py'),
     Rule(COVERED, r'^python -m spt_jax\.train --gin_search_paths=gin --gin_file=methods/'
          r'(spt|finetune|prompt_tuning)\.gin --gin_file=runs/local\.gin '
          r'--gin\.MODEL_DIR="\'/tmp/\w+\'"$',
