@@ -140,7 +140,9 @@ GIN_COMMAND_START = re.compile(
     r'huggingface-cli |gsutil )')
 
 
-def gin_header_commands(path: pathlib.Path) -> List[Command]:
+def gin_header_commands(path: pathlib.Path, fragments=None) -> List[Command]:
+  """The commands of a gin file's comment header; flag lines that belong to no command
+  (`#   --gin.X=... \\` lines to add to the train command) go to `fragments` if given."""
   rel = str(path.relative_to(ROOT))
   comments = [(i, l[1:]) for i, l in enumerate(path.read_text().splitlines(), 1)
               if l.startswith('#')]
@@ -159,6 +161,12 @@ def gin_header_commands(path: pathlib.Path) -> List[Command]:
         i += 1
         parts.append(comments[i][1].strip())
       commands.append(Command(f'{rel}:{lineno}', ' '.join(parts)[:-1].strip()))
+    elif re.match(r'^\s{2,}--gin\.', text) and fragments is not None:
+      block = [(lineno, text)]
+      while block[-1][1].rstrip().endswith('\\') and i + 1 < len(comments):
+        i += 1
+        block.append(comments[i])
+      fragments += _join_continuations(block, rel)
     i += 1
   return commands
 
@@ -383,6 +391,23 @@ def test_documented_entry_point_commands_parse_their_gin_config():
       checked += 1
       problems += [f'{c}: {p}' for p in gin_config_errors(_entry_point_argv(shlex.split(c.text)))]
   assert checked >= 40
+  assert not problems, '\n'.join(problems)
+
+
+def test_gin_header_flag_fragments_parse_with_their_experiment():
+  """`--gin.` lines a header gives to add to its train command (the T5X-checkpoint start)
+  bind what exists, on top of that experiment file."""
+  problems, checked = [], 0
+  for path in sorted((ROOT / 'gin' / 'experiments').glob('*.gin')):
+    fragments = []
+    gin_header_commands(path, fragments)
+    for f in fragments:
+      checked += 1
+      argv = ['python', '-m', 'spt_jax.train', '--gin_search_paths=gin',
+              f'--gin_file=experiments/{path.name}', '--gin.MODEL_DIR="\'/tmp/x\'"',
+              *shlex.split(f.text)]
+      problems += [f'{f}: {p}' for p in gin_config_errors(argv)]
+  assert checked >= 6
   assert not problems, '\n'.join(problems)
 
 
