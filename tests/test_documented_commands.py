@@ -31,11 +31,13 @@ The RUN commands execute as subprocesses with the interpreter running the tests 
 Besides running them, every documented spt_jax.train / evaluate / infer command (pod ones
 included) and every one the launchers' dry runs print has its gin configuration parsed the way
 the entry point parses it (files exist, configurables / parameters exist, no misspelt macro),
-and every gin file, script, test file and module a command names must exist.
+and every gin file, script, test file and module a command names must exist; the `--gin.`
+flag lines the experiment headers give to add to their train command (T5X-checkpoint start)
+are parsed on top of their experiment file.
 
 Wall time, measured on the shared 2-core machine under load (load average ~9): 19-34 s for the
-whole file, no single test over ~7 s (spt_tasks.show 6.4-6.9 s and backbone_vs_torch --help
-4-4.6 s: interpreter start-up with jax / tensorflow / torch imports; 5 s of session set-up for
+whole file, no single test over ~10 s (spt_tasks.show 6.4-9.8 s and backbone_vs_torch --help
+4-6.6 s: interpreter start-up with jax / tensorflow / torch imports; 5-8 s of session set-up for
 the in-process gin parses; the 24 launcher dry runs 0.03 s each), so nothing here is `slow`.
 """
 import dataclasses
@@ -211,8 +213,8 @@ RULES = (
     # --- covered elsewhere
     Rule(COVERED, r'^bash launch/local\.sh$',
          'is README command 1, which .ci/run executes exactly as written'),
-    Rule(COVERED, r'^bash launch/setup\.sh( \[--dev\]| --data)?$',
-         'creates .venv and installs packages (network); .ci/run runs it (setup.sh --dev)'),
+    Rule(COVERED, r'^bash launch/setup\.sh( \[--dev\])?$',
+         'creates .venv and installs packages (network); .ci/run runs it (plain, then --dev)'),
     Rule(COVERED, r'^bash launch/setup\.sh --dev && \.venv/bin/python -m pytest -q$',
          'is README command 2, the test suite itself (.ci/run executes it)'),
     Rule(COVERED, r'^\.venv/bin/python -m pytest ',
@@ -248,6 +250,8 @@ RULES = (
          'points TFDS at a GCS bucket for the tfds build loop'),
     Rule(NOT_ON_CPU, r'^for d in .*\n\s*tfds build ',
          'downloads and prepares the real TFDS datasets (network, hours)'),
+    Rule(NOT_ON_CPU, r'^bash launch/setup\.sh --data$',
+         'installs HF `datasets` into .venv (network); not run by CI'),
     Rule(NOT_ON_CPU, r'^tail -f ', "follows a running job's log (never exits)"),
     Rule(COVERED, r'--gin\.MODEL_DIR=\.\.\.$|RUN_DIR\.\.\.|MODEL_DIR_1 MODEL_DIR_2',
          'placeholder arguments; the same command with real arguments is classified here'),
