@@ -35,7 +35,7 @@ and every gin file, script, test file and module a command names must exist; the
 flag lines the experiment headers give to add to their train command (T5X-checkpoint start)
 are parsed on top of their experiment file.
 
-Wall time, measured on the shared 2-core machine under load (load average ~9): 19-34 s for the
+Wall time, measured on the shared 2-core machine under load (load average ~9): 19-55 s for the
 whole file, no single test over ~10 s (spt_tasks.show 6.4-9.8 s and backbone_vs_torch --help
 4-6.6 s: interpreter start-up with jax / tensorflow / torch imports; 5-8 s of session set-up for
 the in-process gin parses; the 24 launcher dry runs 0.03 s each), so nothing here is `slow`.
