@@ -228,10 +228,13 @@ RULES = (
          "needs a finished experiment's output (runs.json); write_outputs, all it calls, is "
          'tested on hand-made runs by tests/test_method_validity.py'),
     Rule(COVERED, r'^python -m spt_jax\.train --gin_search_paths=gin --gin_file=methods/'
-         r'(spt|finetune|prompt_tuning)\.gin --gin_file=runs/local\.gin '
+         r'(spt|spt_paper|finetune|prompt_tuning)\.gin --gin_file=runs/local\.gin '
          r'--gin\.MODEL_DIR="\'/tmp/\w+\'"$',
          'its CPU form (with runs/local.gin) is trained by .ci/run (README command 1, spt) and '
-         'tests/test_method_validity.py (all three methods)'),
+         'tests/test_method_validity.py (every method)'),
+    Rule(COVERED, r'^python -m spt_tasks\.cache$',
+         'names the cache writer in prose; its write_cache is run by tests/test_cache.py and, '
+         'for the sample tasks, by launch/setup.sh'),
     Rule(COVERED, r'runs/sample_vocabulary\.gin',
          "needs a downloaded T5 checkpoint; tests/test_initial_checkpoint_cli.py runs this "
          "route on the shared fixtures' T5 vocabulary and checkpoint"),
