@@ -3,8 +3,8 @@
 A CPU run of `python -m spt_jax.train` used to print hundreds of lines a user cannot act on:
 gin's error-level "Path not found" for every include it tries on a search path before it
 finds the file, TensorFlow's C++ warnings (`cache_dataset_ops.cc` once per partially read
-dataset, CUDA / TPU probing on a machine without them), and orbax / tensorstore INFO
-chatter. `quiet_libraries()` (called first thing by every entry point's `main`) drops
+dataset, CUDA / TPU probing on a machine without them), and INFO chatter of seqio (a
+mixing-rate table line per task), jax, orbax and tensorstore. `quiet_libraries()` (called first thing by every entry point's `main`) drops
 exactly those; warnings and errors from everything else, and the project's own INFO lines,
 stay.
 """
@@ -17,9 +17,11 @@ import sys
 
 from absl import logging
 
-# INFO lines of these packages are internal progress (warnings and errors stay).
-_CHATTY_PACKAGES = (f'{os.sep}orbax{os.sep}', f'{os.sep}tensorstore{os.sep}',
-                    f'{os.sep}gin{os.sep}')
+# INFO lines of these packages are internal progress (warnings and errors stay): seqio's
+# per-task mixing-rate tables and "Adding task" lines, jax's backend probing ("Unable to
+# initialize backend 'tpu'" on a CPU host), orbax / tensorstore / gin bookkeeping.
+_CHATTY_PACKAGES = tuple(f'{os.sep}{name}{os.sep}' for name in (
+    'orbax', 'tensorstore', 'gin', 'seqio', 'jax', 'absl'))
 # gin's resource reader logs "Path not found" at ERROR for each search-path miss while it
 # looks for an include; the include is then found elsewhere (or gin raises its own error).
 _GIN_RESOURCE_READER = f'{os.sep}gin{os.sep}resource_reader.py'
