@@ -109,6 +109,7 @@ import numpy as np
 
 from spt_jax import evaluate as evaluate_lib
 from spt_jax import gin_configurables
+from spt_jax import logs
 from spt_jax import plots
 from spt_jax import prompts as prompts_lib
 from spt_jax import retrieval_analysis as ra
@@ -1579,6 +1580,7 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if not _OUTPUT_DIR.value:
     raise app.UsageError('--output_dir is required.')
+  logs.quiet_libraries()
   if _REWRITE.value:
     rewrite_outputs(_OUTPUT_DIR.value)
     return
