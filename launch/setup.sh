@@ -48,7 +48,10 @@ fi
 # that runs on the sample mixture (runs/local.gin: USE_CACHED_TASKS = True) start in seconds.
 # Skips tasks already cached; the folder name carries a fingerprint of the sample code.
 # (A first run takes a few minutes; later runs only check, in seconds.)
-TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/python -m spt_tasks.sample --write_cache --verbosity=-1
+# TensorFlow's load-time lines (CUDA probing on a CPU host, oneDNN notice) come before its
+# log level applies; they are dropped here, anything else on stderr passes.
+TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/python -m spt_tasks.sample --write_cache --verbosity=-1 \
+  2> >(grep -v -E 'absl::InitializeLog|cudart_stub\.cc|cuda_platform\.cc|port\.cc:[0-9]+\] oneDNN' >&2)
 if [[ $dev == 1 ]] && ! command -v shellcheck >/dev/null 2>&1; then
   # Used by tests/test_launch.py; the test skips with a reason where it cannot be installed.
   { apt-get update -qq && apt-get install -y -qq shellcheck; } >/dev/null 2>&1 || \
