@@ -32,6 +32,8 @@ class _LibraryNoiseFilter(py_logging.Filter):
 
   def filter(self, record: py_logging.LogRecord) -> bool:
     path = record.pathname or ''
+    if path.startswith(_OWN_PREFIXES):
+      return True
     if path.endswith(_GIN_RESOURCE_READER):
       return False
     if f'{os.sep}orbax{os.sep}' in path and record.getMessage().startswith(
@@ -43,6 +45,11 @@ class _LibraryNoiseFilter(py_logging.Filter):
 
 
 _FILTER = _LibraryNoiseFilter()
+# The project's own modules are never filtered, whatever folder the checkout sits in (a
+# checkout under `.../jax/...` must not look like the jax package).
+_PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_OWN_PREFIXES = tuple(os.path.join(_PROJECT_ROOT, d) + os.sep
+                      for d in ('spt_jax', 'spt_tasks', 'benchmarks'))
 
 
 @contextlib.contextmanager
