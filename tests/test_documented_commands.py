@@ -213,6 +213,9 @@ RULES = (
     # --- covered elsewhere
     Rule(COVERED, r'^bash launch/local\.sh$',
          'is README command 1, which .ci/run executes exactly as written'),
+    Rule(COVERED, r'^bash launch/local\.sh --skip_setup$',
+         'README command 1 without its set-up step (the second-run timing); .ci/run runs '
+         'command 1, and tests/test_launch.py dry-runs --skip_setup'),
     Rule(COVERED, r'^bash launch/setup\.sh( \[--dev\])?$',
          'creates .venv and installs packages (network); .ci/run runs it (plain, then --dev)'),
     Rule(COVERED, r'^bash launch/setup\.sh --dev && \.venv/bin/python -m pytest -q$',
