@@ -48,3 +48,13 @@ def sample_cache():
   if not all(cache.is_cached(str(sample.SAMPLE_CACHE_DIR), n) for n in names):
     sample.write_sample_cache()
   return sample.SAMPLE_CACHE_DIR
+
+
+@pytest.fixture(scope="session")
+def t5x_dir(shared_fixtures):
+  """The shared legacy-format T5X checkpoint (tiny T5.1.1, step 3); its absence where the
+  shared fixtures are present is a broken fixture set, not a reason to skip."""
+  path = shared_fixtures / "t5x_t5_1_1_tiny" / "checkpoint_3"
+  if not (path / "checkpoint").is_file():
+    pytest.fail(f"T5X fixture checkpoint missing at {path} (see the fixtures README).")
+  return path

@@ -44,14 +44,6 @@ def _init(config, prompt_config=None, abstract=False):
 # ----------------------------------------------------------------------------- T5X
 
 
-@pytest.fixture(scope='module')
-def t5x_dir(shared_fixtures):
-  path = shared_fixtures / 't5x_t5_1_1_tiny' / 'checkpoint_3'
-  if not (path / 'checkpoint').is_file():
-    pytest.skip(f'T5X fixture checkpoint not found at {path}')
-  return path
-
-
 def test_t5x_fixture_tree_equals_init_tree(t5x_dir):
   params = checkpoints.load_t5x(t5x_dir)
   _, expected = _init(FIXTURE_CONFIG, abstract=True)

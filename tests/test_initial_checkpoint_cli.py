@@ -72,14 +72,6 @@ def t5_vocab(shared_fixtures):
 
 
 @pytest.fixture(scope='module')
-def t5x_dir(shared_fixtures):
-  path = shared_fixtures / 't5x_t5_1_1_tiny' / 'checkpoint_3'
-  if not (path / 'checkpoint').is_file():
-    pytest.fail(f'T5X fixture checkpoint missing at {path} (see the fixtures README).')
-  return path
-
-
-@pytest.fixture(scope='module')
 def hf_dir(tmp_path_factory):
   """A directory written by transformers' own `save_pretrained` (random weights)."""
   transformers = pytest.importorskip('transformers')
