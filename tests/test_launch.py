@@ -566,17 +566,13 @@ def test_t5x_gin_file_parses_and_imports_what_it_binds(path):
 def test_t5x_bindings_of_our_configurables_name_real_fields():
   import dataclasses  # pylint: disable=g-import-not-at-top
   import inspect  # pylint: disable=g-import-not-at-top
-  sys.path.insert(0, str(T5X_DIR))
-  try:
-    import spt_t5x  # pylint: disable=g-import-not-at-top
-  finally:
-    sys.path.remove(str(T5X_DIR))
+  from spt_jax import t5x_adapter as spt_t5x  # pylint: disable=g-import-not-at-top
   from spt_jax import network, prompts  # pylint: disable=g-import-not-at-top
   fields = {
       'network.T5Config': {f.name for f in dataclasses.fields(network.T5Config)},
       'prompts.PromptConfig': {f.name for f in dataclasses.fields(prompts.PromptConfig)},
-      'spt_t5x.SptT5XTransformer': {'config', 'prompt_config'},
-      'spt_t5x.match_any': set(inspect.signature(spt_t5x.match_any).parameters),
+      't5x_adapter.SptT5XTransformer': {'config', 'prompt_config'},
+      't5x_adapter.match_any': set(inspect.signature(spt_t5x.match_any).parameters),
   }
   seen = set()
   for path in T5X_GIN_FILES:
@@ -633,11 +629,7 @@ def test_t5x_run_settings_never_pack_and_spare_prompts_on_restore():
 
 
 def _tiny_spt_network(key_loss_weight=0.0):
-  sys.path.insert(0, str(T5X_DIR))
-  try:
-    import spt_t5x  # pylint: disable=g-import-not-at-top
-  finally:
-    sys.path.remove(str(T5X_DIR))
+  from spt_jax import t5x_adapter as spt_t5x  # pylint: disable=g-import-not-at-top
   from spt_jax import network, prompts  # pylint: disable=g-import-not-at-top
   cfg = network.T5Config(vocab_size=128, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=32,
                          num_encoder_layers=1, num_decoder_layers=1)
@@ -696,7 +688,7 @@ def test_t5x_adapter_emits_params_axes_and_same_network():
   np.testing.assert_allclose(np.asarray(logits_t5x), np.asarray(logits_ours), rtol=1e-6)
   # prompts_only.gin's filter selects exactly the prompt parameters (flax traversal paths).
   b = bindings_of(T5X_DIR / 'prompts_only.gin')
-  keep = spt_t5x.match_any(b[('', 'spt_t5x.match_any', 'regexes')])
+  keep = spt_t5x.match_any(b[('', 't5x_adapter.match_any', 'regexes')])
   marked = traverse_util.ModelParamTraversal(keep).update(lambda x: None, dict(params))
   selected = {p for p, v in traverse_util.flatten_dict(marked, sep='/').items() if v is None}
   assert selected == {'encoder/soft_prompt/prompt', 'encoder/memory_bank/keys',

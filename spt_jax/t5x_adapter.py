@@ -23,8 +23,8 @@ a mutable collection; it is only statistics). T5X applies the module with `param
 '/'-joined parameter paths (used by prompts_only.gin to train only the soft prompt and the
 memory bank).
 
-This file lives in gin/t5x/ because only the optional T5X route uses it; put the directory on
-PYTHONPATH (see gin/t5x/README.md). It needs flax and spt_jax, not t5x.
+The T5X gin files (gin/t5x/) import it as `from spt_jax import t5x_adapter`. It needs flax
+and spt_jax, not t5x, so it imports (and is tested) without t5x installed.
 """
 from __future__ import annotations
 
