@@ -111,9 +111,11 @@ final_checkpoint() {
 
 eval_cmd() {
   local ckpt="$1"
-  local cmd=("$python" -m spt_jax.evaluate "${gin_args[@]}")
-  # runs/eval.gin holds evaluation defaults when the project provides it.
+  local cmd=("$python" -m spt_jax.evaluate)
+  # runs/eval.gin holds evaluation defaults when the project provides it; it comes first, so
+  # that the method / experiment files and runs/local.gin (last) override its EVAL_* values.
   if [[ -f gin/runs/eval.gin ]]; then cmd+=("--gin_file=runs/eval.gin"); fi
+  cmd+=("${gin_args[@]}")
   # MODEL_DIR too: the training gin files (runs/train.gin via runs/local.gin) require it.
   cmd+=("--gin.MODEL_DIR='$model_dir'" "--gin.CHECKPOINT_PATH='$ckpt'"
         "--gin.EVAL_MIXTURE='$eval_mixture'" "--gin.EVAL_OUTPUT_DIR='$eval_dir'"

@@ -154,24 +154,17 @@ def load_params(setup: runner.ModelSetup, path: str, format: str = 'orbax',  # p
 def batches_from_enumerated(ds, batch_size: int) -> Any:
   """Yields `(indices [n], features {k: [batch_size, ...]}, n)` from `(index, features)` tuples.
 
-  The last batch is padded to `batch_size` with copies of its first row (real tokens, so no
-  all-padding row reaches the memory-bank pooling); `n` is its number of real rows.
+  Batched by tf.data (the Evaluator's features are padded to fixed lengths), not row by row
+  in Python. The last batch is padded to `batch_size` with copies of its first row (real
+  tokens, so no all-padding row reaches the memory-bank pooling); `n` is its number of real
+  rows.
   """
-  def emit(idx, rows):
-    n = len(rows)
-    rows = rows + [rows[0]] * (batch_size - n)
-    feats = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
-    return np.asarray(idx, np.int64), feats, n
-
-  idx, rows = [], []
-  for index, features in ds.as_numpy_iterator():
-    idx.append(int(index))
-    rows.append(features)
-    if len(rows) == batch_size:
-      yield emit(idx, rows)
-      idx, rows = [], []
-  if rows:
-    yield emit(idx, rows)
+  for index, features in ds.batch(batch_size).as_numpy_iterator():
+    n = len(index)
+    if n < batch_size:
+      fill = np.zeros(batch_size - n, np.int64)
+      features = {k: np.concatenate([v, v[fill]]) for k, v in features.items()}
+    yield np.asarray(index, np.int64), features, n
 
 
 def _process_rows(features: Mapping[str, np.ndarray], batch_size: int,
@@ -182,15 +175,13 @@ def _process_rows(features: Mapping[str, np.ndarray], batch_size: int,
   return {k: v[pid * local:(pid + 1) * local] for k, v in features.items()}
 
 
-def _example_ids(task_dataset) -> Optional[np.ndarray]:
+def _example_ids(task_dataset, batch_size: int = 1024) -> Optional[np.ndarray]:
   """Example id of every row of a `_score_eval` task (`idx[0]`), or None without `idx`."""
-  ids = []
-  for ex in task_dataset.as_numpy_iterator():
-    if 'idx' not in ex:
-      return None
-    idx = np.asarray(ex['idx']).reshape(-1)
-    ids.append(int(idx[0]))
-  return np.asarray(ids, np.int64)
+  if 'idx' not in task_dataset.element_spec:
+    return None
+  ids = [np.asarray(idx).reshape(len(idx), -1)[:, 0] for idx in
+         task_dataset.map(lambda ex: ex['idx']).batch(batch_size).as_numpy_iterator()]
+  return np.concatenate(ids).astype(np.int64) if ids else np.zeros([0], np.int64)
 
 
 # ------------------------------------------------------------------------------------------
@@ -609,6 +600,7 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logs.quiet_libraries()
+  runner.enable_compilation_cache(runner.COMPILATION_CACHE_DIR.value)
   import gin  # pylint: disable=g-import-not-at-top
   # Not finalized: the training gin files passed for the model config leave train-only
   # macros (MODEL_DIR, ...) %gin.REQUIRED, which evaluation never reads; this entry point's

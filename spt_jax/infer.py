@@ -287,6 +287,7 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logs.quiet_libraries()
+  runner.enable_compilation_cache(runner.COMPILATION_CACHE_DIR.value)
   # Not finalized: the training gin files passed for the model config leave train-only
   # macros (MODEL_DIR, ...) %gin.REQUIRED, which evaluation never reads; this entry point's
   # own required values are still checked when it is called.

@@ -453,6 +453,7 @@ def train(
     shuffle: bool = True,
     seed: int = 0,
     input_sharding: str = 'shard_info',
+    pipeline_autotune: bool = True,
     num_partitions: int = 1,
     mesh_shape: Sequence[int] | None = None,
     activation_partitioning_dims: int = 1,
@@ -487,8 +488,9 @@ def train(
     initial_checkpoint_path: pretrained checkpoint to start from (partial: prompts stay new).
     initial_checkpoint_format: 'hf' | 't5x' | 'orbax'.
     init_prompts_from_embedding: redraw sampled-vocab prompts from the imported embedding.
-    use_cached_tasks, pack, shuffle, seed, input_sharding: input pipeline (see
-      `runner.create_dataset`); `seed` also seeds init and dropout.
+    use_cached_tasks, pack, shuffle, seed, input_sharding, pipeline_autotune: input pipeline
+      (see `runner.create_dataset`; `pipeline_autotune` is its `autotune`); `seed` also
+      seeds init and dropout.
     num_partitions, mesh_shape: mesh (`partitioning.create_mesh`); `mesh` overrides both.
     activation_partitioning_dims, parameter_partitioning_dims: rule variant
       (`partitioning.standard_logical_axis_rules`).
@@ -593,7 +595,7 @@ def train(
   data = runner.create_dataset(
       mixture_or_task_name, task_feature_lengths, batch_size, mesh, split='train',
       shuffle=shuffle, seed=seed, use_cached=use_cached_tasks, pack=pack,
-      skip_batches=start_step, input_sharding=input_sharding,
+      skip_batches=start_step, input_sharding=input_sharding, autotune=pipeline_autotune,
       prompt_config=model.network.prompt_config)
   # A fresh run draws data-driven keys, unless it starts from an spt_jax run ('orbax'),
   # whose trained memory keys it keeps (e.g. SuperGLUE from the GLUE run's prompts).
@@ -716,6 +718,7 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logs.quiet_libraries()
+  runner.enable_compilation_cache(runner.COMPILATION_CACHE_DIR.value)
   import gin  # pylint: disable=g-import-not-at-top
   from spt_jax import gin_configurables  # pylint: disable=g-import-not-at-top
   runner.parse_gin(runner.GIN_FILE.value, runner.GIN_BINDINGS.value,
