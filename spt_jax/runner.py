@@ -198,8 +198,9 @@ def _params_only(variables):
 
 INITIAL_CHECKPOINT_FORMATS = ('hf', 't5x', 'orbax')
 _FORMAT_HELP = ("'hf': a transformers T5 folder (config.json + model.safetensors or "
-                "pytorch_model.bin); 't5x': a legacy T5X checkpoint_<step> folder (a msgpack "
-                "`checkpoint` file); 'orbax': an spt_jax run (MODEL_DIR) or one of its "
+                "pytorch_model.bin); 't5x': a T5X checkpoint_<step> folder (orbax state/ as "
+                "t5x.train writes it, or a legacy msgpack `checkpoint` file) or a T5X model dir "
+                "(latest step); 'orbax': an spt_jax run (MODEL_DIR) or one of its "
                 'checkpoints/<step> folders')
 
 

@@ -42,11 +42,17 @@ from spt_jax import checkpoints
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
-EXPERIMENTS = {
-    't0_spt_large': ['gin/t5x/t0_spt_large.gin'],
-    't0_spt_xl': ['gin/t5x/t0_spt_xl.gin'],
-    't0_spt_large+prompts_only': ['gin/t5x/t0_spt_large.gin', 'gin/t5x/prompts_only.gin'],
+# The gin files of every command run here (tests/test_documented_commands.py checks that each
+# documented CPU command of the T5X route is one of these).
+TRAIN_GIN_FILES = {
+    't0_spt_large': ['gin/t5x/t0_spt_large.gin', 'gin/t5x/local.gin'],
+    't0_spt_xl': ['gin/t5x/t0_spt_xl.gin', 'gin/t5x/local.gin'],
+    't0_spt_large+prompts_only': ['gin/t5x/t0_spt_large.gin', 'gin/t5x/prompts_only.gin',
+                                  'gin/t5x/local.gin'],
 }
+T5X_EVAL_GIN_FILES = ['gin/t5x/spt_t5_1_1_large.gin', 't5x/configs/runs/eval.gin',
+                      'gin/t5x/local_eval.gin']
+SPT_JAX_EVAL_GIN_FILES = ['methods/spt_paper.gin', 'runs/local.gin', 'runs/eval.gin']
 FULL_EVAL_MIXTURE = 'spt_sample_heldout_score_eval'
 RTE_EVAL_MIXTURE = 'spt_sample_super_glue_rte_score_eval'
 LENGTHS = {'inputs': 128, 'targets': 32}   # what gin/t5x/local.gin trains and evaluates with
@@ -92,9 +98,8 @@ def _cli(module, args, timeout=600):
 
 
 def _train(model_dir, experiment, *extra):
-  files = [f'--gin_file={f}' for f in EXPERIMENTS[experiment]]
-  return _cli('t5x.train', [*files, '--gin_file=gin/t5x/local.gin',
-                            f"--gin.MODEL_DIR='{model_dir}'", *extra])
+  files = [f'--gin_file={f}' for f in TRAIN_GIN_FILES[experiment]]
+  return _cli('t5x.train', [*files, f"--gin.MODEL_DIR='{model_dir}'", *extra])
 
 
 def _rows(directory, step):
@@ -184,8 +189,8 @@ def t5x_eval(large_run):
   model_dir, _ = large_run
   out_dir = model_dir / 't5x_eval'
   _, seconds = _cli('t5x.eval', [
-      '--gin_file=gin/t5x/spt_t5_1_1_large.gin', '--gin_file=t5x/configs/runs/eval.gin',
-      '--gin_file=gin/t5x/local_eval.gin', f"--gin.MIXTURE_OR_TASK_NAME='{RTE_EVAL_MIXTURE}'",
+      *[f'--gin_file={f}' for f in T5X_EVAL_GIN_FILES],
+      f"--gin.MIXTURE_OR_TASK_NAME='{RTE_EVAL_MIXTURE}'",
       f"--gin.CHECKPOINT_PATH='{model_dir / 'checkpoint_2'}'",
       f"--gin.EVAL_OUTPUT_DIR='{out_dir}'"])
   return out_dir, seconds
@@ -212,8 +217,8 @@ def test_spt_jax_evaluate_reads_the_t5x_checkpoint_and_scores_as_t5x(large_run, 
   reference = _rows(t5x_eval[0] / 'inference_eval', 2)
   out_dir = model_dir / 'spt_jax_eval'
   out, _ = _cli('spt_jax.evaluate', [
-      '--gin_search_paths=gin', '--gin_file=methods/spt_paper.gin', '--gin_file=runs/local.gin',
-      '--gin_file=runs/eval.gin', f"--gin.CHECKPOINT_PATH='{model_dir / 'checkpoint_2'}'",
+      '--gin_search_paths=gin', *[f'--gin_file={f}' for f in SPT_JAX_EVAL_GIN_FILES],
+      f"--gin.CHECKPOINT_PATH='{model_dir / 'checkpoint_2'}'",
       "--gin.CHECKPOINT_FORMAT='t5x'", f"--gin.EVAL_MIXTURE='{RTE_EVAL_MIXTURE}'",
       f'--gin.EVAL_NUM_EXAMPLES={NUM_ROWS}', '--gin.EVAL_BATCH_SIZE=8',
       f'--gin.EVAL_TASK_FEATURE_LENGTHS={LENGTHS!r}', f"--gin.EVAL_OUTPUT_DIR='{out_dir}'"])
