@@ -1,4 +1,4 @@
-"""Import of pretrained T5 checkpoints (HF transformers, legacy T5X, orbax) into our tree.
+"""Import of pretrained T5 checkpoints (HF transformers, T5X, orbax) into our tree.
 
 Researchers start SPT from pretrained T5 weights (T5.1.1, T5.1.1 LM-adapted, T0). Those are
 published either as HF transformers directories or as T5X checkpoints; this module turns both
@@ -397,7 +397,7 @@ def load_hf_t5(path: PathLike, dtype: Any = np.float32) -> tuple[network.T5Confi
   return config, unflatten(flat)
 
 
-# ----------------------------------------------------------------------------- T5X legacy
+# ----------------------------------------------------------------------------- T5X
 
 
 def _is_tensorstore_spec(x: Any) -> bool:
@@ -434,32 +434,106 @@ def _read_tensorstore(spec: dict[str, Any], ckpt_dir: pathlib.Path, name: str) -
   return store.read().result()
 
 
-def load_t5x(path: PathLike, dtype: Any = np.float32) -> Params:
-  """Loads the parameters of a legacy T5X checkpoint directory (optimizer state ignored).
+_T5X_STEP_DIR = re.compile(r'checkpoint_(\d+)')
 
-  The directory holds a msgpack `checkpoint` file `{'version', 'optimizer': {'target',
-  'state'}}` whose small leaves are inline numpy arrays (flax.serialization ext types) and whose
-  large leaves are tensorstore specs pointing to zarr arrays in sibling folders.
+
+def _is_t5x_orbax_state(path: pathlib.Path) -> bool:
+  """Whether `path` is the orbax `state` item T5X's Checkpointer writes (PyTree metadata)."""
+  return path.is_dir() and (path / '_METADATA').is_file()
+
+
+def _is_t5x_step_dir(path: pathlib.Path) -> bool:
+  """A T5X `checkpoint_<step>` directory: legacy msgpack `checkpoint` or orbax `state/`."""
+  return (path / 'checkpoint').is_file() or _is_t5x_orbax_state(path / 'state')
+
+
+def t5x_checkpoint_steps(model_dir: PathLike) -> list[int]:
+  """Steps of the complete `checkpoint_<step>` directories of a T5X model dir, ascending.
+
+  Orbax's unfinished saves (`checkpoint_<step>.orbax-checkpoint-tmp-*`) do not count.
+  """
+  model_dir = pathlib.Path(model_dir)
+  if not model_dir.is_dir():
+    return []
+  steps = []
+  for child in model_dir.iterdir():
+    m = _T5X_STEP_DIR.fullmatch(child.name)
+    if m and child.is_dir() and _is_t5x_step_dir(child):
+      steps.append(int(m.group(1)))
+  return sorted(steps)
+
+
+def _t5x_step_dir(path: pathlib.Path) -> pathlib.Path:
+  """`path` (step dir, its `checkpoint` file or `state/`, or a model dir) -> the step dir."""
+  if path.is_file():
+    return path.parent
+  if path.name == 'state' and _is_t5x_orbax_state(path):
+    return path.parent
+  if path.is_dir() and not _is_t5x_step_dir(path):
+    steps = t5x_checkpoint_steps(path)
+    if steps:
+      step_dir = path / f'checkpoint_{steps[-1]}'
+      logging.info('T5X model dir %s: reading its latest checkpoint, step %d.', path,
+                   steps[-1])
+      return step_dir
+  return path
+
+
+def _load_t5x_orbax(state_dir: pathlib.Path, dtype: Any) -> Params:
+  """The `target` subtree (the parameters) of T5X's orbax `checkpoint_<step>/state`."""
+  target = _restore_orbax_subtree(state_dir, 'target')
+  return jax.tree.map(lambda a: _cast_float(np.asarray(a), dtype), target)
+
+
+def _cast_float(array: np.ndarray, dtype: Any) -> np.ndarray:
+  if np.issubdtype(array.dtype, np.floating) or array.dtype.name == 'bfloat16':
+    return array.astype(dtype)
+  return array
+
+
+def load_t5x(path: PathLike, dtype: Any = np.float32) -> Params:
+  """Loads the parameters of a T5X checkpoint (optimizer state ignored).
+
+  Reads both layouts T5X writes into `<model_dir>/checkpoint_<step>/`:
+
+  * orbax (what `python -m t5x.train` writes today): `state/` is an orbax PyTree checkpoint
+    (OCDBT) of T5X's state dict `{'target': params, 'state': {'step', 'param_states'}}`; only
+    `target` is restored (orbax partial restore), with tensorstore underneath.
+  * legacy: a msgpack `checkpoint` file `{'version', 'optimizer': {'target', 'state'}}` whose
+    small leaves are inline numpy arrays (flax.serialization ext types) and whose large leaves
+    are tensorstore specs pointing to zarr arrays in sibling folders.
 
   Args:
-    path: the `checkpoint_<step>` directory, or its `checkpoint` file.
+    path: a `checkpoint_<step>` directory, its `checkpoint` file or `state/` directory, or a
+      T5X model directory (its latest complete `checkpoint_<step>` is read).
     dtype: dtype of the returned floating arrays (T5X bfloat16 checkpoints become float32).
 
   Returns:
     Nested dict of numpy arrays (T5X parameter names).
+
+  Raises:
+    FileNotFoundError: no T5X checkpoint at `path` (the message says what was looked for).
+    ValueError: a `checkpoint` file that is not msgpack, or a tree without parameters.
   """
   path = pathlib.Path(path)
-  ckpt_file = path if path.is_file() else path / 'checkpoint'
-  ckpt_dir = ckpt_file.parent
+  step_dir = _t5x_step_dir(path)
+  if _is_t5x_orbax_state(step_dir / 'state') and not (step_dir / 'checkpoint').is_file():
+    logging.info('T5X orbax checkpoint %s.', step_dir)
+    return _load_t5x_orbax(step_dir / 'state', dtype)
+  ckpt_file = step_dir / 'checkpoint'
+  ckpt_dir = step_dir
   if not ckpt_file.is_file():
     hint = ''
     if path.is_dir():
-      steps = sorted(p.name for p in path.glob('checkpoint_*'))
+      steps = sorted(p.name for p in path.glob('checkpoint_*') if p.is_dir())
       if steps:
-        hint = f' (found step directories {steps[:5]}: pass one of them)'
-    raise FileNotFoundError(f'No T5X msgpack checkpoint file at {ckpt_file}{hint}. load_t5x '
-                            'reads legacy T5X checkpoint_<step> directories; use '
-                            "format='orbax' for orbax checkpoints.")
+        hint = (f' (found {steps[:5]}, none of which holds either: an unfinished save? pass '
+                'a complete checkpoint_<step> directory)')
+    raise FileNotFoundError(
+        f'No T5X checkpoint at {path}: expected a checkpoint_<step> directory holding an '
+        'orbax state/ (what t5x.train writes) or a legacy msgpack `checkpoint` file, or a '
+        f'model directory with such checkpoint_<step> directories{hint}. For spt_jax runs '
+        "and other orbax trees use format 'orbax'.")
   with open(ckpt_file, 'rb') as f:
     try:
       state = flax.serialization.msgpack_restore(f.read())
@@ -481,9 +555,7 @@ def load_t5x(path: PathLike, dtype: Any = np.float32) -> Params:
       return {k: read(v, f'{prefix}/{k}' if prefix else k) for k, v in node.items()}
     else:
       array = np.asarray(node)
-    if np.issubdtype(array.dtype, np.floating) or array.dtype.name == 'bfloat16':
-      array = array.astype(dtype)
-    return array
+    return _cast_float(array, dtype)
 
   return read(target, '')
 
@@ -516,7 +588,6 @@ def load_orbax_params(path: PathLike, item: str | None = None) -> Params:
     item: item name inside a step directory; by default the first of `state`, `params`,
       `train_state`, `default` that exists, or the directory itself.
   """
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   path = pathlib.Path(path).absolute()
   if not path.is_dir():
     raise FileNotFoundError(f'No orbax checkpoint directory at {path}.')
@@ -526,6 +597,16 @@ def load_orbax_params(path: PathLike, item: str | None = None) -> Params:
   if item and item_dir == path:
     raise FileNotFoundError(f'Orbax checkpoint {path} has no item {item!r}; items: '
                             f'{sorted(p.name for p in path.iterdir() if p.is_dir())}.')
+  return _restore_orbax_subtree(item_dir, 'params', required=False)
+
+
+def _restore_orbax_subtree(item_dir: pathlib.Path, key: str, required: bool = True) -> Params:
+  """Host numpy arrays of `tree[key]` of an orbax PyTree checkpoint (partial restore).
+
+  With `required=False` a tree without a top-level `key` is restored whole.
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  item_dir = item_dir.absolute()
   checkpointer = ocp.PyTreeCheckpointer()
   try:
     metadata = checkpointer.metadata(item_dir)
@@ -533,13 +614,17 @@ def load_orbax_params(path: PathLike, item: str | None = None) -> Params:
     raise FileNotFoundError(f'{item_dir} is not an orbax PyTree checkpoint: {e}') from e
   tree = metadata.item_metadata if hasattr(metadata, 'item_metadata') else metadata
   tree = getattr(tree, 'tree', tree)
-  partial = isinstance(tree, Mapping) and 'params' in tree
-  wanted = {'params': tree['params']} if partial else tree
+  partial = isinstance(tree, Mapping) and key in tree
+  if required and not partial:
+    top = sorted(tree) if isinstance(tree, Mapping) else type(tree).__name__
+    raise ValueError(f'Orbax checkpoint {item_dir} has top-level entries {top}, no {key!r}; '
+                     f'a T5X state has {key!r} (the parameters) and \'state\'.')
+  wanted = {key: tree[key]} if partial else tree
   restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
   restored = checkpointer.restore(
       item_dir, args=ocp.args.PyTreeRestore(item=wanted, restore_args=restore_args,
                                             partial_restore=partial))
-  params = restored['params'] if partial else restored
+  params = restored[key] if partial else restored
   return jax.tree.map(np.asarray, flax.core.unfreeze(params))
 
 
@@ -548,7 +633,8 @@ def load_orbax_params(path: PathLike, item: str | None = None) -> Params:
 # What `detect_format` looks for (also named in the errors of a wrong format setting).
 FORMAT_MARKERS = {
     'hf': 'it has config.json',
-    't5x': 'it has a msgpack `checkpoint` file',
+    't5x': ('it has a msgpack `checkpoint` file or an orbax state/ without metadata/ (a T5X '
+            'checkpoint_<step>), or checkpoint_<step>/ directories (a T5X model dir)'),
     'orbax': 'it has checkpoints/, or state/ and metadata/ as spt_jax writes them',
 }
 
@@ -557,8 +643,8 @@ def detect_format(path: PathLike) -> str | None:
   """The format a checkpoint directory plainly holds: 'hf', 't5x', 'orbax' or None.
 
   Only unambiguous markers count (`FORMAT_MARKERS`); None means "cannot tell" (the loader of
-  the configured format then reports what it misses), e.g. for today's orbax-based T5X
-  layout or a plain orbax PyTree directory.
+  the configured format then reports what it misses), e.g. for a plain orbax PyTree
+  directory.
   """
   path = pathlib.Path(path)
   if path.is_file():
@@ -570,6 +656,11 @@ def detect_format(path: PathLike) -> str | None:
   if (path / 'checkpoints').is_dir() or ((path / 'state').is_dir()
                                          and (path / 'metadata').is_dir()):
     return 'orbax'
+  if path.name == 'state' and _is_t5x_orbax_state(path) and path.parent.name.startswith(
+      'checkpoint_'):
+    return 't5x'
+  if _is_t5x_orbax_state(path / 'state') or t5x_checkpoint_steps(path):
+    return 't5x'
   return None
 
 
@@ -669,12 +760,14 @@ def check_config_match(expected: network.T5Config, found: network.T5Config,
 def restore_params(path: PathLike, format: str, expected_params: Mapping[str, Any],  # pylint: disable=redefined-builtin
                    keep_init: Sequence[str] = PROMPT_PARAM_REGEXES,
                    shardings: Any = None,
-                   config: network.T5Config | None = None) -> Params:
+                   config: network.T5Config | None = None,
+                   return_kept: bool = False) -> Params | tuple[Params, list[str]]:
   """Loads a checkpoint and fits it to the model's parameter tree.
 
   Args:
     path: checkpoint directory.
-    format: 'hf' (transformers T5 dir), 't5x' (legacy T5X checkpoint_<step> dir) or 'orbax'.
+    format: 'hf' (transformers T5 dir), 't5x' (T5X checkpoint_<step> or model dir, orbax or
+      legacy layout) or 'orbax'.
     expected_params: the model's params tree (values, ShapeDtypeStructs or boxed leaves).
     keep_init: regexes of parameters that may be missing from the checkpoint and keep the value
       in `expected_params` (default: SPT soft prompt and memory bank).
@@ -682,10 +775,12 @@ def restore_params(path: PathLike, format: str, expected_params: Mapping[str, An
       restored leaf is placed with it.
     config: the model's `T5Config`; with format 'hf' it is checked against the checkpoint's
       config.json (activation, bias buckets, epsilon, ...), which shapes cannot reveal.
+    return_kept: also return the sorted paths that kept their initial value.
 
   Returns:
     A tree shaped like `expected_params` (boxes kept, dtypes of `expected_params`) with the
-    checkpoint's values, and the initial value for kept parameters.
+    checkpoint's values, and the initial value for kept parameters; with `return_kept`,
+    `(tree, kept_paths)`.
 
   Raises:
     ValueError: unknown format, or a kept parameter has no initial value (ShapeDtypeStruct).
@@ -721,6 +816,8 @@ def restore_params(path: PathLike, format: str, expected_params: Mapping[str, An
       value = jax.device_put(value, flat_shardings[name])
     out[name] = leaf.replace_boxed(value) if isinstance(
         leaf, flax.core.meta.AxisMetadata) else value
+  if return_kept:
+    return unflatten(out), sorted(kept)
   return unflatten(out)
 
 
@@ -734,4 +831,4 @@ __all__: Iterable[str] = (
     'CheckpointMismatchError', 'FORMAT_MARKERS', 'HF_ACTIVATIONS', 'PROMPT_PARAM_REGEXES',
     'check_config_match', 'check_params_match', 'detect_format',
     'hf_config_to_t5', 'iter_params', 'load_hf_t5', 'load_orbax_params', 'load_t5x',
-    'restore_params', 't5x_param_shapes')
+    'restore_params', 't5x_checkpoint_steps', 't5x_param_shapes')

@@ -208,8 +208,9 @@ def _params_only(variables):
 
 INITIAL_CHECKPOINT_FORMATS = ('hf', 't5x', 'orbax')
 _FORMAT_HELP = ("'hf': a transformers T5 folder (config.json + model.safetensors or "
-                "pytorch_model.bin); 't5x': a legacy T5X checkpoint_<step> folder (a msgpack "
-                "`checkpoint` file); 'orbax': an spt_jax run (MODEL_DIR) or one of its "
+                "pytorch_model.bin); 't5x': a T5X checkpoint_<step> folder (orbax state/ as "
+                "t5x.train writes it, or a legacy msgpack `checkpoint` file) or a T5X model dir "
+                "(latest step); 'orbax': an spt_jax run (MODEL_DIR) or one of its "
                 'checkpoints/<step> folders')
 
 
@@ -379,9 +380,11 @@ class ModelSetup:
       path: checkpoint directory (HF T5 dir, T5X `checkpoint_<step>` dir or an orbax run).
       format: 'hf' | 't5x' | 'orbax'.
       rng: key for re-sampling the prompts from the pretrained embedding.
-      reinit_prompts: after an 'hf' / 't5x' import (which never carry prompts), redraw
-        `sampled_vocab` prompts / memory from the *pretrained* embedding
-        (`prompts.init_prompts_from_embedding`). An 'orbax' spt_jax run keeps its own.
+      reinit_prompts: after an 'hf' / 't5x' import, redraw the `sampled_vocab` prompts /
+        memory the checkpoint lacks (pretrained T5 checkpoints never carry them) from the
+        *pretrained* embedding (`prompts.init_prompts_from_embedding`); prompt parameters the
+        checkpoint holds (a T5X run of this network, gin/t5x/) keep its values. An 'orbax'
+        spt_jax run keeps its own.
 
     Raises:
       FileNotFoundError: the path does not exist.
@@ -392,13 +395,25 @@ class ModelSetup:
     check_initial_checkpoint(path, format)
     # The model config goes along so that an 'hf' import also checks what shapes cannot
     # show (activation, relative-position buckets, epsilon) against config.json.
-    restored = checkpoints.restore_params(path, format, params, shardings=self.param_shardings,
-                                          config=self.model.network.config)
+    restored, kept = checkpoints.restore_params(
+        path, format, params, shardings=self.param_shardings,
+        config=self.model.network.config, return_kept=True)
     prompt_config = self.model.network.prompt_config
     if (reinit_prompts and format != 'orbax' and prompt_config is not None
-        and prompt_config.prefix_length):
+        and prompt_config.prefix_length and kept):
+      # Only prompt parameters the checkpoint lacks are redrawn: a T5X checkpoint of this
+      # very network (gin/t5x/) carries trained soft prompt and memory, which are kept.
+      from_checkpoint = {
+          name: leaf for name, leaf in checkpoints.flatten(restored).items()
+          if name not in kept and any(re.search(p, name)
+                                      for p in checkpoints.PROMPT_PARAM_REGEXES)}
       restored = prompts_lib.init_prompts_from_embedding(
           restored, restored['token_embedder']['embedding'], prompt_config, rng)
+      if from_checkpoint:
+        logging.info('Prompt parameters kept from %s: %s', path, sorted(from_checkpoint))
+        flat = checkpoints.flatten(restored)
+        flat.update(from_checkpoint)
+        restored = checkpoints.unflatten(flat)
     return jax.tree.map(jax.device_put, restored, self.param_shardings)
 
   def restore_params_from_run(self, model_dir: str, step: int | None = None) -> Any:

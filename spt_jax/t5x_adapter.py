@@ -23,11 +23,20 @@ a mutable collection; it is only statistics). T5X applies the module with `param
 '/'-joined parameter paths (used by prompts_only.gin to train only the soft prompt and the
 memory bank).
 
+`absolute_path(path)` resolves a (possibly relative) MODEL_DIR against the working directory:
+orbax, which T5X checkpoints with, refuses relative paths, and fails only in a background
+thread at the first save (gin/t5x/local.gin binds `train.model_dir` through it).
+
+`task_vocabulary(mixture_or_task_name)` is the vocabulary of a registered seqio task or
+mixture, so that the model's vocabulary is the task's by construction (T5X's
+`verify_matching_vocabs` compares the SentencePiece file path as well as its contents).
+
 The T5X gin files (gin/t5x/) import it as `from spt_jax import t5x_adapter`. It needs flax
 and spt_jax, not t5x, so it imports (and is tested) without t5x installed.
 """
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -111,3 +120,38 @@ def match_any(regexes: Sequence[str]) -> Callable[[str, Any], bool]:
     return any(r.fullmatch(path) for r in compiled)
 
   return filter_fn
+
+
+def absolute_path(path: str) -> str:
+  """`path` made absolute against the working directory; URLs (gs://...) unchanged.
+
+  Raises:
+    ValueError: `path` is empty or not a string (an unset MODEL_DIR, for instance).
+  """
+  if not isinstance(path, str) or not path:
+    raise ValueError(f'absolute_path needs a non-empty directory path, got {path!r}: set '
+                     "--gin.MODEL_DIR=\"'/tmp/spt_t5x_local'\" (relative paths are fine).")
+  if '://' in path:
+    return path
+  return os.path.abspath(os.path.expanduser(path))
+
+
+def task_vocabulary(mixture_or_task_name: str, feature: str = 'targets') -> Any:
+  """The `feature` vocabulary of a registered seqio task or mixture.
+
+  Raises:
+    ValueError: the name is not registered (its registry module not imported), or it has no
+      such output feature.
+  """
+  import seqio  # pylint: disable=g-import-not-at-top
+  try:
+    task = seqio.get_mixture_or_task(mixture_or_task_name)
+  except ValueError as e:
+    raise ValueError(
+        f'task_vocabulary: {mixture_or_task_name!r} is not a registered seqio task or mixture; '
+        'import its registry in the gin file first (e.g. `import spt_tasks.sample`).') from e
+  features = task.output_features
+  if feature not in features:
+    raise ValueError(f'task_vocabulary: {mixture_or_task_name!r} has output features '
+                     f'{sorted(features)}, not {feature!r}.')
+  return features[feature].vocabulary

@@ -71,7 +71,7 @@ def test_t5x_fixture_forward_pass(t5x_dir):
 
 def test_t5x_missing_file_names_step_dirs(tmp_path):
   (tmp_path / 'checkpoint_100').mkdir()
-  with pytest.raises(FileNotFoundError, match=r'checkpoint_100.*pass one of them'):
+  with pytest.raises(FileNotFoundError, match=r'checkpoint_100.*complete checkpoint_<step>'):
     checkpoints.load_t5x(tmp_path)
 
 
@@ -127,6 +127,60 @@ def test_t5x_missing_zarr_array_is_named(tmp_path):
   shutil.rmtree(tmp_path / 'target.decoder.layers_0.mlp.wo.kernel')
   with pytest.raises(FileNotFoundError, match='decoder/layers_0/mlp/wo/kernel'):
     checkpoints.load_t5x(tmp_path)
+
+
+def _write_orbax_t5x(model_dir: pathlib.Path, step: int, params: dict):
+  """Writes `checkpoint_<step>/state` as t5x.train does (orbax PyTree, OCDBT): T5X's state
+  dict {'target': params, 'state': {'step', 'param_states'}}. tests/test_t5x_route.py reads
+  what t5x.train itself writes; this one needs no t5x."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  state = {'target': params,
+           'state': {'step': np.int32(step),
+                     'param_states': jax.tree.map(lambda a: np.full_like(a, 7.0), params)}}
+  step_dir = model_dir / f'checkpoint_{step}'
+  ocp.PyTreeCheckpointer().save((step_dir / 'state').absolute(), state)
+  (step_dir / 'dataset').mkdir()
+  return step_dir
+
+
+def test_t5x_orbax_layout_reads_target_only_from_step_model_and_state_dirs(tmp_path):
+  _, params = _init(TINY)
+  params = jax.tree.map(np.asarray, flax.linen.unbox(params))
+  old = jax.tree.map(lambda a: a + 1.0, params)
+  _write_orbax_t5x(tmp_path, 2, old)
+  step_dir = _write_orbax_t5x(tmp_path, 10, params)
+  (tmp_path / 'checkpoint_20.orbax-checkpoint-tmp-1').mkdir()   # an unfinished save
+  assert checkpoints.t5x_checkpoint_steps(tmp_path) == [2, 10]
+  for path in (tmp_path, step_dir, step_dir / 'state'):
+    assert checkpoints.detect_format(path) == 't5x', path
+    loaded = checkpoints.flatten(checkpoints.load_t5x(path))
+    assert set(loaded) == set(checkpoints.flatten(params)), path   # no optimizer state
+    for name, value in checkpoints.flatten(params).items():
+      assert loaded[name].dtype == np.float32
+      np.testing.assert_array_equal(loaded[name], value, err_msg=name)
+  older = checkpoints.flatten(checkpoints.load_t5x(tmp_path / 'checkpoint_2'))
+  np.testing.assert_array_equal(older['token_embedder/embedding'],
+                                params['token_embedder']['embedding'] + 1.0)
+  # restore_params fits it to the model as for the legacy layout.
+  _, abstract = _init(TINY, abstract=True)
+  restored = flax.linen.unbox(checkpoints.restore_params(tmp_path, 't5x', abstract))
+  np.testing.assert_array_equal(restored['decoder']['decoder_norm']['scale'],
+                                params['decoder']['decoder_norm']['scale'])
+
+
+def test_t5x_orbax_state_without_target_is_named(tmp_path):
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  ocp.PyTreeCheckpointer().save((tmp_path / 'checkpoint_1' / 'state').absolute(),
+                                {'params': {'w': np.ones(3, np.float32)}})
+  with pytest.raises(ValueError, match=r"no 'target'"):
+    checkpoints.load_t5x(tmp_path / 'checkpoint_1')
+
+
+def test_spt_jax_orbax_run_is_not_taken_for_t5x(tmp_path):
+  (tmp_path / 'checkpoints' / '3' / 'state').mkdir(parents=True)
+  (tmp_path / 'checkpoints' / '3' / 'metadata').mkdir()
+  assert checkpoints.detect_format(tmp_path) == 'orbax'
+  assert checkpoints.detect_format(tmp_path / 'checkpoints' / '3') == 'orbax'
 
 
 # ----------------------------------------------------------------------------- HF formats

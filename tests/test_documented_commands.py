@@ -194,6 +194,11 @@ class Rule:
   reason: str
 
 
+# The documented CPU commands of the T5X route (gin/t5x/local*.gin, and spt_jax.evaluate of
+# such a run's checkpoint): tests/test_t5x_route.py runs their configurations.
+T5X_LOCAL_PATTERN = (r'^python -m t5x\.(train|eval) .*--gin_file=gin/t5x/local(_eval)?\.gin|'
+                     r"^python -m spt_jax\.evaluate .*CHECKPOINT_PATH=\"'/tmp/spt_t5x_local/")
+
 # First match wins; order from the most specific.
 RULES = (
     # --- run here
@@ -216,8 +221,9 @@ RULES = (
     Rule(COVERED, r'^bash launch/local\.sh --skip_setup$',
          'README command 1 without its set-up step (the second-run timing); .ci/run runs '
          'command 1, and tests/test_launch.py dry-runs --skip_setup'),
-    Rule(COVERED, r'^bash launch/setup\.sh( \[--dev\])?$',
-         'creates .venv and installs packages (network); .ci/run runs it (plain, then --dev)'),
+    Rule(COVERED, r'^bash launch/setup\.sh( \[--dev\]| --t5x)?$',
+         'creates .venv and installs packages (network); .ci/run runs it (plain, then --dev, '
+         'which includes --t5x)'),
     Rule(COVERED, r'^bash launch/setup\.sh --dev && \.venv/bin/python -m pytest -q$',
          'is README command 2, the test suite itself (.ci/run executes it)'),
     Rule(COVERED, r'^\.venv/bin/python -m pytest ',
@@ -241,11 +247,15 @@ RULES = (
     Rule(COVERED, r'runs/sample_vocabulary\.gin',
          "needs a downloaded T5 checkpoint; tests/test_initial_checkpoint_cli.py runs this "
          "route on the shared fixtures' T5 vocabulary and checkpoint"),
-    Rule(COVERED, r'^python -m spt_jax\.(train|evaluate|infer)$',
+    Rule(COVERED, r'^python -m (spt_jax\.(train|evaluate|infer)|t5x\.train)$',
          'names an entry point in prose; its documented invocations are classified here'),
+    Rule(COVERED, T5X_LOCAL_PATTERN,
+         "the T5X route on CPU: tests/test_t5x_route.py runs these gin files (a temporary "
+         "MODEL_DIR); test_documented_t5x_local_commands_are_the_ones_run checks that"),
     # --- not runnable on this machine / in this test
-    Rule(NOT_ON_CPU, r'(^|\s)(PYTHONPATH=\S+ )?python -m t5x\.|--module t5x\.train',
-         'T5X route, needs t5x installed (the gin files are checked by tests/test_launch.py)'),
+    Rule(NOT_ON_CPU, r'^python -m t5x\.train .*gs://',
+         "T5X route at paper scale: needs a GCS bucket and a TPU slice (its CPU form with "
+         "gin/t5x/local.gin runs in tests/test_t5x_route.py)"),
     Rule(NOT_ON_CPU, r'^huggingface-cli download |^gsutil ',
          'downloads a pretrained checkpoint (network)'),
     Rule(NOT_ON_CPU, r'^python -m spt_jax\.(train|evaluate) .*gs://',
@@ -308,9 +318,39 @@ def test_every_documented_command_is_classified():
   assert not dead, f'rules that match no documented command: {dead}'
 
 
+def test_documented_t5x_local_commands_are_the_ones_run():
+  """Each documented CPU command of the T5X route names exactly the gin files of a command
+  tests/test_t5x_route.py runs (its MODEL_DIR / checkpoint paths differ: temporary dirs)."""
+  from tests import test_t5x_route as route  # pylint: disable=g-import-not-at-top
+  runs = {'t5x.train': [tuple(f) for f in route.TRAIN_GIN_FILES.values()],
+          't5x.eval': [tuple(route.T5X_EVAL_GIN_FILES)],
+          'spt_jax.evaluate': [tuple(route.SPT_JAX_EVAL_GIN_FILES)]}
+  checked = 0
+  for c in COMMANDS:
+    if re.search(T5X_LOCAL_PATTERN, c.text):
+      checked += 1
+      argv = shlex.split(c.text)
+      module = argv[argv.index('-m') + 1]
+      files = tuple(re.findall(r'--gin_file[= ](\S+)', c.text))
+      assert files in runs[module], (f'{c}: gin files {files} are not what '
+                                     f'tests/test_t5x_route.py runs with {module}: {runs[module]}')
+      if module == 'spt_jax.evaluate':
+        assert "--gin.CHECKPOINT_FORMAT=\"'t5x'\"" in c.text, c
+  assert checked >= 5
+
+
 def test_a_command_matching_no_rule_is_reported():
   assert classify(Command('x.md:1', 'python -m spt_jax.new_tool --flag')) is None
   assert classify(Command('x.md:1', 'bash launch/tpu_pod.sh --tpu t')).kind == RUN
+
+
+def _t5x_package_dir():
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.find_spec('t5x')
+  return pathlib.Path(spec.origin).parent if spec and spec.origin else None
+
+
+_T5X_PACKAGE_DIR = _t5x_package_dir()
 
 
 def test_documented_paths_exist():
@@ -319,7 +359,10 @@ def test_documented_paths_exist():
   missing = []
   for c in COMMANDS:
     for gin_file in re.findall(r'--gin_file[= ](\S+)', c.text):
-      if not ((ROOT / gin_file).is_file() or (ROOT / 'gin' / gin_file).is_file()):
+      if gin_file.startswith('t5x/configs/'):   # T5X's own tree (t5x adds it to gin's path)
+        if _T5X_PACKAGE_DIR is not None and not (_T5X_PACKAGE_DIR.parent / gin_file).is_file():
+          missing.append(f'{c}: gin file {gin_file} (not in the installed t5x)')
+      elif not ((ROOT / gin_file).is_file() or (ROOT / 'gin' / gin_file).is_file()):
         missing.append(f'{c}: gin file {gin_file}')
     for path in re.findall(r'(?:^|\s)((?:launch|benchmarks|tests)/[\w./]+\.(?:sh|py))', c.text):
       if not (ROOT / path).is_file():
