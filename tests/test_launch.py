@@ -99,8 +99,10 @@ def test_local_dry_run_default_is_spt_local_run():
                      '--gin_file=runs/local.gin --gin_search_paths=gin '
                      '"--gin.MODEL_DIR=\'runs/local_spt\'"')
   evaluate = cmds[2]
-  assert evaluate.startswith('.venv/bin/python -m spt_jax.evaluate --gin_file=methods/spt.gin '
-                             '--gin_file=runs/local.gin --gin_search_paths=gin')
+  # runs/eval.gin first: the method file and runs/local.gin (last) override its EVAL_* defaults.
+  assert evaluate.startswith('.venv/bin/python -m spt_jax.evaluate --gin_file=runs/eval.gin '
+                             '--gin_file=methods/spt.gin --gin_file=runs/local.gin '
+                             '--gin_search_paths=gin')
   assert '"--gin.MODEL_DIR=\'runs/local_spt\'"' in evaluate
   # The final checkpoint is resolved after training: a placeholder, or the real one where the
   # default run dir already holds a run (CI runs README command 1 before the tests).
