@@ -10,6 +10,11 @@ bit-identical (see `apply_updates`).
 Presets (`TRAINABLE_PRESETS`): `full` (everything: backbone + prompts + memory; the paper's
 multitask setting), `prompts_only` (soft prompt + memory bank, frozen backbone),
 `memory_only`, `soft_prompt_only`.
+
+Adafactor is optax's with T5 / T0's settings by default; T5X's conventions (parameter-scale
+multiplication, factorisation by logical axis names) and T5X's learning-rate step counting
+are selectable (`adafactor`, `create_schedule`), and with them a step of `spt_jax.train`
+equals T5X's (tests/test_t5x_equivalence.py, gin/t5x/README.md "Trainer equivalence").
 """
 from __future__ import annotations
 

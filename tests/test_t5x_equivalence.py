@@ -21,9 +21,9 @@ parameter (max abs difference <= 1e-4). Cases: SPT as gin/methods/spt_paper.gin 
 dead-slot restarts need our trainer and are not part of it) with smaller sizes; plain
 fine-tuning (no prompts) with T5X's default warm-up + rsqrt schedule; SPT with the memory
 bank split over the `model` mesh axis (conftest gives every test 8 CPU devices: mesh
-data 4 x model 2); SPT with 2 microbatches per step (both trainers sum the microbatch
-gradients of the summed loss; T5X slices microbatches contiguously, we take every 2nd row
-so each data shard keeps its rows: same sum). Dropout 0, float32, no packing, unshuffled task.
+data 4 x model 2) and 2 microbatches per step (both trainers sum the microbatch gradients
+of the summed loss; T5X slices microbatches contiguously, we take every 2nd row so each
+data shard keeps its rows: the same sum). Dropout 0, float32, no packing, unshuffled task.
 
 Needs t5x (launch/setup.sh --t5x). Without it the tests skip on a developer machine and
 FAIL when the environment variable CI is set (as the `shared_fixtures` fixture).
@@ -67,9 +67,9 @@ CASES = {
     #        num_microbatches)
     'spt': (SPT_PAPER, 1, 'constant', 1e-3, 0, 1),
     'finetune': (None, 1, 'constant * linear_warmup * rsqrt_decay', 0.05, 10, 1),
-    'spt_memory_sharded': (SPT_PAPER, 2, 'constant', 1e-3, 0, 1),
-    # 2 microbatches need 2 rows per data shard: mesh data 4 x model 2.
-    'spt_microbatched': (SPT_PAPER, 2, 'constant', 1e-3, 0, 2),
+    # Memory bank over `model` (mesh data 4 x model 2) and 2 microbatches per step (they
+    # need 2 rows per data shard), in one case to keep the file fast.
+    'spt_memory_sharded': (SPT_PAPER, 2, 'constant', 1e-3, 0, 2),
 }
 
 
@@ -108,6 +108,7 @@ def _t5x_factor_rules(adafactor):
   import gin  # pylint: disable=g-import-not-at-top
   from gin import config_parser  # pylint: disable=g-import-not-at-top
   path = os.path.join(os.path.dirname(__file__), '..', 'gin', 't5x', 'spt_model.gin')
+  rules = None
   with open(path) as f:
     parser = config_parser.ConfigParser(f, gin.config.ParserDelegate(skip_unknown=True))
     for statement in parser:
@@ -119,6 +120,7 @@ def _t5x_factor_rules(adafactor):
           assert statement.value == 0.8
         elif statement.arg_name == 'step_offset':
           assert statement.value == 0
+  assert rules, f'no adafactor.Adafactor.logical_factor_rules in {path}'
   return {k: adafactor.factor_name_to_factordim(v) for k, v in rules.items()}
 
 
@@ -177,7 +179,11 @@ def _run_t5x(t5x, task_name, prompt_config, num_partitions, factors, base_lr, wa
   for _ in range(STEPS):  # One step per call: T5X's summary of one step is that step's loss.
     losses.append(float(trainer.train(it, num_steps=1).result()['loss'].value))
   trainer.close()
-  final = jax.tree.map(np.asarray, jax.device_get(dict(trainer.train_state.params)))
+  params = trainer.train_state.params
+  if num_partitions > 1 and prompt_config is not None:
+    spec = params['encoder']['memory_bank']['values'].sharding.spec
+    assert spec[0] == 'model', spec  # T5X split the bank over `model` too.
+  final = jax.tree.map(np.asarray, jax.device_get(dict(params)))
   return init_params, batches, losses, final
 
 
@@ -323,6 +329,10 @@ def _run_adafactors(t5x, ours_kwargs, lr_fn, steps=6):
 
 
 def test_adafactor_t5x_conventions_equal_t5x_adafactor(t5x):
+  # optim's 't5x' preset is what gin/t5x/spt_model.gin gives T5X.
+  adafactor = t5x['adafactor']
+  assert {k: adafactor.factor_name_to_factordim(v)
+          for k, v in optim.T5X_LOGICAL_FACTOR_RULES.items()} == _t5x_factor_rules(adafactor)
   lr_fn = t5x['utils'].create_learning_rate_scheduler(
       factors='constant * linear_warmup * rsqrt_decay', base_learning_rate=0.1, warmup_steps=3)
   init, ref, ours = _run_adafactors(
