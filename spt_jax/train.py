@@ -444,7 +444,9 @@ def train(
     learning_rate_schedule: optim.Schedule | None = None,
     trainable: str | Sequence[str] = 'full',
     grad_clip_norm: float | None = None,
+    adafactor_kwargs: Mapping[str, Any] | None = None,
     num_microbatches: int = 1,
+    sum_microbatch_grads: bool | None = None,
     initial_checkpoint_path: str | None = None,
     initial_checkpoint_format: str = 'hf',
     init_prompts_from_embedding: bool = True,
@@ -484,7 +486,15 @@ def train(
     learning_rate_schedule: step → lr (`optim.create_schedule`).
     trainable: preset (`full`, `prompts_only`, `memory_only`, `soft_prompt_only`) or regexes.
     grad_clip_norm: global-norm clipping of the trainable gradients (None: off).
+    adafactor_kwargs: settings of `optim.adafactor` (None: T5 / T0's, spt_jax's default);
+      T5X's Adafactor is `{'multiply_by_parameter_scale': True, 'factor_rules': 't5x'}`.
     num_microbatches: gradient accumulation over this many microbatches per step.
+    sum_microbatch_grads: how microbatch gradients combine (`make_train_step`). None
+      (default): summed when the loss is a sum (`loss_normalizing_factor=None`, what T5X's
+      trainer does too) and averaged when it is normalised, so that both equal the
+      full-batch gradient. True: always summed, as T5X's trainer does (with a normalised
+      loss each microbatch is then normalised by its own tokens and the step is
+      `num_microbatches` times larger).
     initial_checkpoint_path: pretrained checkpoint to start from (partial: prompts stay new).
     initial_checkpoint_format: 'hf' | 't5x' | 'orbax'.
     init_prompts_from_embedding: redraw sampled-vocab prompts from the imported embedding.
@@ -539,7 +549,9 @@ def train(
   schedule = learning_rate_schedule or optim.constant_schedule(learning_rate)
   tx, mask = optim.create_optimizer(setup.abstract_params, optimizer=optimizer,
                                     learning_rate=schedule, trainable=trainable,
-                                    grad_clip_norm=grad_clip_norm)
+                                    grad_clip_norm=grad_clip_norm,
+                                    adafactor_kwargs=dict(adafactor_kwargs or {}),
+                                    param_axes=optim.logical_axes(setup.boxed_abstract_params))
   abstract_opt = jax.eval_shape(tx.init, setup.abstract_params)
   opt_shardings = partitioning.opt_state_shardings(abstract_opt, setup.abstract_params,
                                                    setup.param_shardings, mesh)
@@ -604,7 +616,8 @@ def train(
     state, data = _init_keys_from_data(setup, state, data, batch_size, mesh,
                                        jax.random.fold_in(prompt_rng, 1))
 
-  step_fn = make_train_step(model, tx, mask, schedule, num_microbatches)
+  step_fn = make_train_step(model, tx, mask, schedule, num_microbatches,
+                            sum_microbatch_grads=sum_microbatch_grads)
   batch_sharding = partitioning.batch_sharding(mesh)
   p_step = jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding),
                    out_shardings=(state_shardings, rep), donate_argnums=(0,))

@@ -130,3 +130,43 @@ def test_prompts_only_five_steps_leave_backbone_bit_identical():
   for k, m in flat_m.items():
     if not m:
       assert flat_b[k].tobytes() == flat_a[k].tobytes(), k
+
+
+def test_schedule_warmup_offset_and_floor():
+  """warmup_offset=0 is T5X's `step / warmup_steps` (first step at rate 0, here floored)."""
+  ours = optim.create_schedule('constant', 1.0, warmup_steps=10)
+  t5x_style = optim.create_schedule('constant', 1.0, warmup_steps=10, warmup_offset=0.0,
+                                    min_learning_rate=1e-8)
+  np.testing.assert_allclose([float(ours(s)) for s in (0, 4, 9, 10)], [0.1, 0.5, 1.0, 1.0],
+                             rtol=1e-6)
+  np.testing.assert_allclose([float(t5x_style(s)) for s in (0, 4, 9, 10)],
+                             [1e-8, 0.4, 0.9, 1.0], rtol=1e-6)
+  r = optim.create_schedule('rsqrt', 1.0, warmup_steps=100, linear_warmup=True,
+                            warmup_offset=0.0)
+  np.testing.assert_allclose([float(r(50)), float(r(400))], [0.05, 0.05], rtol=1e-6)
+
+
+def test_adafactor_factor_rules():
+  """factor_rules='t5x': rank-3 memory values factored by their axes whatever their size (the
+  optax heuristic keeps a full second moment for them); missing axes names are errors."""
+  params = {'memory_bank': {'values': jnp.ones((5, 2, 4))}, 'w': jnp.ones((4, 6))}
+  axes = {'memory_bank': {'values': ('memory', 'memory_length', 'embed')}, 'w': ('embed', 'mlp')}
+  tx = optim.adafactor(0.01, factor_rules='t5x', param_axes=axes, params=params)
+  state = tx.init(params)
+  assert state.v_row['memory_bank']['values'].shape == (4,)
+  assert state.v_col['memory_bank']['values'].shape == (5, 2)
+  assert state.v['w'].shape == (4, 6)  # rank 2: the size heuristic (dims < 128: unfactored)
+  heuristic = [x.shape for x in jax.tree.leaves(optim.adafactor(0.01).init(params))]
+  assert (5, 2, 4) in heuristic
+  with pytest.raises(ValueError, match='needs param_axes'):
+    optim.adafactor(0.01, factor_rules='t5x')
+  with pytest.raises(ValueError, match='no entry for logical axis'):
+    optim.adafactor(0.01, factor_rules={'embed': 'row'}, param_axes=axes, params=params)
+  # Inside create_optimizer (multi_transform with a frozen part) the update runs.
+  tx, mask = optim.create_optimizer(params, trainable=['memory_bank/.*'], param_axes=axes,
+                                    adafactor_kwargs={'factor_rules': 't5x',
+                                                      'multiply_by_parameter_scale': True})
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  assert float(jnp.abs(updates['memory_bank']['values']).max()) > 0
+  assert float(jnp.abs(updates['w']).max()) == 0
