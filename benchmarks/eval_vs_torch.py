@@ -136,6 +136,38 @@ def timed(fn):
   return out, time.perf_counter() - t0, time.process_time() - c0
 
 
+def compare_scores(ours, theirs, batch, rtol):
+  """(ok, message): our [batch] scores equal torch's within rtol (relative and absolute)."""
+  ours, theirs = np.asarray(ours), np.asarray(theirs)
+  if ours.shape != (batch,) or theirs.shape != (batch,):
+    return False, (f'scores: shapes ours {ours.shape}, torch {theirs.shape}, want '
+                   f'({batch},): DIFFER')
+  diff = np.abs(ours - theirs)
+  rel = diff / np.maximum(np.abs(theirs), 1.0)
+  ok = bool(np.all(np.isfinite(ours)) and np.allclose(ours, theirs, rtol=rtol, atol=rtol))
+  return ok, (f'scores: ours {np.round(ours[:4], 4).tolist()}..., torch '
+              f'{np.round(theirs[:4], 4).tolist()}...; max |diff| {diff.max():.2e}, max '
+              f'relative {rel.max():.2e} (rtol {rtol:g}): {"agree" if ok else "DISAGREE"}')
+
+
+def compare_tokens(ours, theirs, shape, require_match):
+  """(ok, message): greedy token agreement; not ok on a shape mismatch, or on any differing
+  token with require_match."""
+  ours, theirs = np.asarray(ours), np.asarray(theirs)
+  if ours.shape != tuple(shape) or theirs.shape != tuple(shape):
+    return False, (f'greedy tokens: shapes ours {ours.shape}, torch {theirs.shape}, want '
+                   f'{tuple(shape)}: DIFFER')
+  same = ours == theirs
+  # Neither side stops at EOS, so EOS tokens are ordinary tokens here and 0 is only ever
+  # an argmax (id 0 is a vocabulary row too), never padding.
+  message = (f'greedy tokens: {same.mean():.4f} of {same.size} agree, '
+             f'{same.all(-1).mean():.3f} of rows entirely (EOS emitted and decoded past: ours '
+             f'{int((ours == EOS_ID).sum())}, torch {int((theirs == EOS_ID).sum())})')
+  if require_match and not same.all():
+    return False, message + '; DISAGREE (--require_decode_match)'
+  return True, message
+
+
 def main():
   args = parse_args()
   if args.threads:
@@ -222,31 +254,14 @@ def main():
     print(f'{tag} {i}: ' + ', '.join(parts))
 
   # ---------------------------------------------------------------- correctness
-  ok = True
-  s_ours, s_torch = last[('score', 'ours')], last[('score', 'torch')]
-  if s_ours.shape != (args.batch,) or s_torch.shape != (args.batch,):
-    raise SystemExit(f'score shapes: ours {s_ours.shape}, torch {s_torch.shape}')
-  rel = np.abs(s_ours - s_torch) / np.maximum(np.abs(s_torch), 1.0)
-  score_ok = bool(np.allclose(s_ours, s_torch, rtol=args.rtol, atol=args.rtol))
-  print(f'scores: ours {np.round(s_ours[:4], 4).tolist()}..., torch '
-        f'{np.round(s_torch[:4], 4).tolist()}...; max |diff| {np.abs(s_ours - s_torch).max():.2e}'
-        f', max relative {rel.max():.2e} (rtol {args.rtol:g}): '
-        f'{"agree" if score_ok else "DISAGREE"}')
-  ok &= score_ok
-  d_ours, d_torch = last[('decode', 'ours')], last[('decode', 'torch')]
-  want = (args.batch, args.decode_tokens)
-  if d_ours.shape != want or d_torch.shape != want:
-    print(f'decode shapes: ours {d_ours.shape}, torch {d_torch.shape}, want {want}: DIFFER')
-    ok = False
-  else:
-    same = d_ours == d_torch
-    n_eos = int((d_ours == EOS_ID).sum())
-    print(f'greedy tokens: {same.mean():.4f} of {same.size} agree, {same.all(-1).mean():.3f} '
-          f'of rows entirely; no padding on either side: ours {bool((d_ours > 0).all())}, '
-          f'torch {bool((d_torch > 0).all())} ({n_eos} EOS tokens emitted and decoded past)')
-    if args.require_decode_match and not same.all():
-      print('greedy tokens DISAGREE (--require_decode_match)')
-      ok = False
+  score_ok, message = compare_scores(last[('score', 'ours')], last[('score', 'torch')],
+                                     args.batch, args.rtol)
+  print(message)
+  decode_ok, message = compare_tokens(last[('decode', 'ours')], last[('decode', 'torch')],
+                                      (args.batch, args.decode_tokens),
+                                      args.require_decode_match)
+  print(message)
+  ok = score_ok and decode_ok
 
   # ---------------------------------------------------------------- figures
   med = {k: statistics.median(v) for k, v in wall.items()}
