@@ -213,7 +213,8 @@ RULES = (
     Rule(RUN, r'^python -m spt_tasks\.show TASK$', 'run with TASK = ' + SAMPLE_TASK),
     Rule(RUN, r'^python -m spt_jax\.compare RUN_DIR_SPT RUN_DIR_PT RUN_DIR_FT$',
          'run on three tiny run directories of those names'),
-    Rule(RUN, r'^python benchmarks/(backbone_vs_torch|retrieval|train_throughput)\.py ',
+    Rule(RUN, r'^python benchmarks/(backbone_vs_torch|eval_vs_torch|retrieval|train_throughput)'
+         r'\.py ',
          'benchmark (minutes): run as --help, which must list every documented flag'),
     # --- covered elsewhere
     Rule(COVERED, r'^bash launch/local\.sh$',
