@@ -371,7 +371,8 @@ class ModelSetup:
           params, encoder_input_tokens)
 
   def load_initial_params(self, params: Any, path: str, format: str,  # pylint: disable=redefined-builtin
-                          rng: jax.Array, reinit_prompts: bool = True) -> Any:
+                          rng: jax.Array, reinit_prompts: bool = True,
+                          return_kept: bool = False) -> Any:
     """Imports a pretrained checkpoint over `params` (partial: prompts/memory stay fresh).
 
     Args:
@@ -385,6 +386,11 @@ class ModelSetup:
         *pretrained* embedding (`prompts.init_prompts_from_embedding`); prompt parameters the
         checkpoint holds (a T5X run of this network, gin/t5x/) keep its values. An 'orbax'
         spt_jax run keeps its own.
+      return_kept: also return the sorted paths the checkpoint did not hold (they keep their
+        fresh or redrawn value), e.g. to know whether the memory keys are trained ones.
+
+    Returns:
+      The parameters on the mesh; with `return_kept`, `(params, kept_paths)`.
 
     Raises:
       FileNotFoundError: the path does not exist.
@@ -414,7 +420,8 @@ class ModelSetup:
         flat = checkpoints.flatten(restored)
         flat.update(from_checkpoint)
         restored = checkpoints.unflatten(flat)
-    return jax.tree.map(jax.device_put, restored, self.param_shardings)
+    restored = jax.tree.map(jax.device_put, restored, self.param_shardings)
+    return (restored, kept) if return_kept else restored
 
   def restore_params_from_run(self, model_dir: str, step: int | None = None) -> Any:
     """Parameters of an spt_jax train run's checkpoint (latest unless `step`), on the mesh."""

@@ -567,6 +567,7 @@ def train(
   ckpt = train_state_lib.Checkpointer(model_dir, save_every_steps=save_every_steps,
                                       keep=keep_checkpoints, async_save=async_checkpointing)
   latest = ckpt.latest_step()
+  keys_from_checkpoint = False   # memory keys imported from INITIAL_CHECKPOINT_PATH
   if latest is not None:
     abstract_state = train_state_lib.TrainState(
         step=jax.ShapeDtypeStruct((), jnp.int32), params=setup.abstract_params,
@@ -579,9 +580,11 @@ def train(
     init_rng, prompt_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed), 3)
     params = setup.init_params(init_rng)
     if initial_checkpoint_path:
-      params = setup.load_initial_params(params, initial_checkpoint_path,
-                                         initial_checkpoint_format, prompt_rng,
-                                         reinit_prompts=init_prompts_from_embedding)
+      params, kept = setup.load_initial_params(params, initial_checkpoint_path,
+                                               initial_checkpoint_format, prompt_rng,
+                                               reinit_prompts=init_prompts_from_embedding,
+                                               return_kept=True)
+      keys_from_checkpoint = not any(name.endswith('memory_bank/keys') for name in kept)
       logging.info('Initialised from %s (%s).', initial_checkpoint_path,
                    initial_checkpoint_format)
     with setup.activate():
@@ -609,10 +612,10 @@ def train(
       shuffle=shuffle, seed=seed, use_cached=use_cached_tasks, pack=pack,
       skip_batches=start_step, input_sharding=input_sharding, autotune=pipeline_autotune,
       prompt_config=model.network.prompt_config)
-  # A fresh run draws data-driven keys, unless it starts from an spt_jax run ('orbax'),
-  # whose trained memory keys it keeps (e.g. SuperGLUE from the GLUE run's prompts).
-  restores_keys = bool(initial_checkpoint_path) and initial_checkpoint_format == 'orbax'
-  if latest is None and not restores_keys:
+  # A fresh run draws data-driven keys, unless its initial checkpoint holds trained memory
+  # keys, which it keeps: an spt_jax SPT run ('orbax', e.g. SuperGLUE from the GLUE run's
+  # prompts) or a T5X run of this network ('t5x', gin/t5x/). Pretrained T5 has none.
+  if latest is None and not keys_from_checkpoint:
     state, data = _init_keys_from_data(setup, state, data, batch_size, mesh,
                                        jax.random.fold_in(prompt_rng, 1))
 

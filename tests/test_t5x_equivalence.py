@@ -5,11 +5,11 @@ T5X (`t5x.utils.TrainStateInitializer.from_scratch`, the train state `t5x.train`
 from) and trained 20 steps by T5X's real trainer (`t5x.trainer.Trainer.train`: its
 `train_with_lr` step, `t5x.models.EncoderDecoderModel.loss_fn`, `t5x.adafactor.Adafactor`
 as gin/t5x/spt_model.gin configures it) on batches from T5X's input pipeline
-(`t5x.utils.get_dataset`). The same initial parameters are handed to our trainer through
-our own orbax format (T5X's checkpoint 0 would go through `spt_jax.checkpoints.load_t5x`,
-which is being changed elsewhere; the hand-off here does not depend on it): T5X's params are
-written as a plain orbax PyTree and `spt_jax.train.train` starts from them with
-`initial_checkpoint_format='orbax'`. Ours then runs `train.train` itself (its seqio
+(`t5x.utils.get_dataset`). T5X writes that initial state as its checkpoint 0 (T5X's own
+`OrbaxCheckpointManagerInterface`, the `checkpoint_0/state` layout `t5x.train` writes), and
+`spt_jax.train.train` starts from it with `initial_checkpoint_format='t5x'`
+(`spt_jax.checkpoints.load_t5x`; the soft prompt, memory values and memory keys in it are
+kept, not redrawn or re-initialised from data). Ours then runs `train.train` itself (its seqio
 pipeline, mesh, shardings and the jitted `make_train_step` it uses every step) with T5X's
 conventions selected: `adafactor_kwargs={'multiply_by_parameter_scale': True,
 'factor_rules': 't5x'}` and, where a warm-up is used, `create_schedule(warmup_offset=0.0,
@@ -81,15 +81,15 @@ def _ci() -> bool:
 def t5x():
   """The t5x modules; a missing t5x skips here and fails under CI."""
   try:
-    from t5x import adafactor, models, partitioning, trainer, utils  # pylint: disable=g-import-not-at-top
+    from t5x import adafactor, checkpoints, models, partitioning, trainer, utils  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     message = (f't5x is not installed ({e}); install it with `bash launch/setup.sh --t5x` '
                '(wheels in ../shared/wheels)')
     if _ci():
       pytest.fail(f'{message} (CI is set, so this is an error, not a skip)', pytrace=False)
     pytest.skip(message)
-  return {'adafactor': adafactor, 'models': models, 'partitioning': partitioning,
-          'trainer': trainer, 'utils': utils}
+  return {'adafactor': adafactor, 'checkpoints': checkpoints, 'models': models,
+          'partitioning': partitioning, 'trainer': trainer, 'utils': utils}
 
 
 @pytest.fixture(scope='module')
@@ -124,9 +124,13 @@ def _t5x_factor_rules(adafactor):
   return {k: adafactor.factor_name_to_factordim(v) for k, v in rules.items()}
 
 
-def _run_t5x(t5x, task_name, prompt_config, num_partitions, factors, base_lr, warmup,
-             num_microbatches=1):
-  """T5X's init + `Trainer.train`, one step per call; (init params, losses, final params)."""
+def _run_t5x(t5x, tmp_path, task_name, prompt_config, num_partitions, factors, base_lr,
+             warmup, num_microbatches=1):
+  """T5X's init (saved as its checkpoint 0) + `Trainer.train`, one step per call.
+
+  Returns:
+    (checkpoint_0 directory, init params, batches, losses, final params).
+  """
   import seqio  # pylint: disable=g-import-not-at-top
   from spt_jax import t5x_adapter  # pylint: disable=g-import-not-at-top
   from spt_tasks import sample  # pylint: disable=g-import-not-at-top
@@ -168,6 +172,14 @@ def _run_t5x(t5x, task_name, prompt_config, num_partitions, factors, base_lr, wa
                                             partitioner, types)
   state = initializer.from_scratch(jax.random.PRNGKey(17))
   init_params = jax.tree.map(np.asarray, jax.device_get(dict(state.params)))
+  t5x_dir = (tmp_path / 't5x_run').absolute()
+  t5x_dir.mkdir()   # as t5x.train does: the manager takes a missing directory for a file's
+  manager = t5x['checkpoints'].OrbaxCheckpointManagerInterface(
+      str(t5x_dir), state, partitioner)
+  manager.save(state)
+  manager.close()
+  checkpoint_0 = t5x_dir / 'checkpoint_0'
+  assert (checkpoint_0 / 'state').is_dir(), sorted(p.name for p in t5x_dir.iterdir())
   trainer = t5x['trainer'].Trainer(
       model, state, partitioner, eval_names=[], summary_dir=None,
       train_state_axes=initializer.train_state_axes, rng=jax.random.PRNGKey(3),
@@ -184,17 +196,12 @@ def _run_t5x(t5x, task_name, prompt_config, num_partitions, factors, base_lr, wa
     spec = params['encoder']['memory_bank']['values'].sharding.spec
     assert spec[0] == 'model', spec  # T5X split the bank over `model` too.
   final = jax.tree.map(np.asarray, jax.device_get(dict(params)))
-  return init_params, batches, losses, final
+  return checkpoint_0, init_params, batches, losses, final
 
 
-def _run_ours(tmp_path, task_name, init_params, prompt_config, num_partitions, factors,
+def _run_ours(tmp_path, task_name, checkpoint_0, prompt_config, num_partitions, factors,
               base_lr, warmup, num_microbatches=1):
-  """`spt_jax.train.train` from T5X's initial params; (losses, final params)."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  init_dir = (tmp_path / 't5x_init').absolute()
-  ckptr = ocp.StandardCheckpointer()
-  ckptr.save(init_dir, {'params': init_params})
-  ckptr.wait_until_finished()
+  """`spt_jax.train.train` from T5X's checkpoint 0; (losses, final params, result)."""
   network_cls = network.Transformer(CONFIG, prompt_config=prompt_config)
   model = models_lib.EncoderDecoderModel(network_cls, z_loss=Z_LOSS, label_smoothing=0.0,
                                          loss_normalizing_factor=None)
@@ -209,7 +216,7 @@ def _run_ours(tmp_path, task_name, init_params, prompt_config, num_partitions, f
       task_feature_lengths=FEATURE_LENGTHS, train_steps=STEPS, batch_size=BATCH_SIZE,
       model=model, optimizer='adafactor', learning_rate_schedule=schedule, trainable='full',
       adafactor_kwargs={'multiply_by_parameter_scale': True, 'factor_rules': 't5x'},
-      initial_checkpoint_path=str(init_dir), initial_checkpoint_format='orbax',
+      initial_checkpoint_path=str(checkpoint_0), initial_checkpoint_format='t5x',
       use_cached_tasks=True, pack=False, shuffle=False, seed=0,
       num_partitions=num_partitions, num_microbatches=num_microbatches, save_every_steps=0,
       keep_checkpoints=1,
@@ -229,8 +236,9 @@ def _flat(tree):
 def test_trainer_matches_t5x_step_for_step(case, t5x, task, tmp_path):
   prompt_config, num_partitions, factors, base_lr, warmup, microbatches = CASES[case]
   t0 = time.time()
-  init_params, t5x_batches, t5x_losses, t5x_final = _run_t5x(
-      t5x, task, prompt_config, num_partitions, factors, base_lr, warmup, microbatches)
+  checkpoint_0, init_params, t5x_batches, t5x_losses, t5x_final = _run_t5x(
+      t5x, tmp_path, task, prompt_config, num_partitions, factors, base_lr, warmup,
+      microbatches)
   t1 = time.time()
   # Our pipeline yields T5X's batches (same task, feature converter, order).
   from spt_jax import partitioning, runner  # pylint: disable=g-import-not-at-top
@@ -242,7 +250,7 @@ def test_trainer_matches_t5x_step_for_step(case, t5x, task, tmp_path):
     assert sorted(got) == sorted(expected), (sorted(got), sorted(expected))
     for k in expected:
       np.testing.assert_array_equal(got[k], expected[k], err_msg=f'batch {i} {k}')
-  ours_losses, ours_final, result = _run_ours(tmp_path, task, init_params, prompt_config,
+  ours_losses, ours_final, result = _run_ours(tmp_path, task, checkpoint_0, prompt_config,
                                               num_partitions, factors, base_lr, warmup,
                                               microbatches)
   t2 = time.time()

@@ -189,6 +189,59 @@ def test_initial_checkpoint_orbax_partial_restore(tmp_path):
   assert 'memory_bank' in got['encoder'] and 'memory_bank' not in backbone['encoder']
 
 
+def test_memory_keys_from_an_initial_checkpoint_are_kept_and_drawn_only_when_absent(tmp_path):
+  """Data-driven key init (kmeans) runs for a checkpoint without memory keys (plain T5) and
+  never overwrites trained keys a checkpoint holds, whatever its format (here 't5x', as a
+  T5X run of this network writes them)."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  import flax  # pylint: disable=g-import-not-at-top
+  kmeans = dataclasses.replace(tl.SPT, key_init='kmeans', key_init_batches=1)
+  # An SPT run whose keys are trained (2 steps at a high rate), written as a legacy T5X
+  # checkpoint (the layout of ../shared/fixtures' T5X checkpoint: msgpack, inline arrays).
+  src = str(tmp_path / 'src')
+  kw = tl.reference_kwargs(src, 2, dropout_rate=0.0)
+  kw['model'] = tl.tiny_model(prompt_config=kmeans)
+  train.train(mesh=_one_device(), **kw)
+  trained = _final_params(src, 2)
+  t5x_dir = tmp_path / 't5x' / 'checkpoint_2'
+  t5x_dir.mkdir(parents=True)
+  state = {'version': 3, 'optimizer': {'target': jax.tree.map(np.asarray, trained),
+                                       'state': {'step': np.int64(2)}}}
+  (t5x_dir / 'checkpoint').write_bytes(flax.serialization.msgpack_serialize(state))
+  drawn = []
+
+  def run(name, path, fmt):
+    kw = tl.reference_kwargs(str(tmp_path / name), 1, dropout_rate=0.0)
+    kw.update(model=tl.tiny_model(prompt_config=kmeans), initial_checkpoint_path=path,
+              initial_checkpoint_format=fmt, learning_rate=0.0)
+    original = train._init_keys_from_data  # pylint: disable=protected-access
+
+    def spy(*args, **kwargs):
+      drawn.append(name)
+      return original(*args, **kwargs)
+
+    train._init_keys_from_data = spy  # pylint: disable=protected-access
+    try:
+      return jax.device_get(train.train(mesh=_one_device(), **kw)['state'].params)
+    finally:
+      train._init_keys_from_data = original  # pylint: disable=protected-access
+
+  got = run('from_t5x', str(t5x_dir), 't5x')
+  assert drawn == []
+  for name in ('keys', 'values'):
+    np.testing.assert_array_equal(got['encoder']['memory_bank'][name],
+                                  trained['encoder']['memory_bank'][name])
+  np.testing.assert_array_equal(got['encoder']['soft_prompt']['prompt'],
+                                trained['encoder']['soft_prompt']['prompt'])
+  # A plain-T5 start has no memory bank: its keys are drawn from data.
+  plain = str(tmp_path / 'plain')
+  kw = tl.reference_kwargs(plain, 1, dropout_rate=0.0)
+  kw['model'] = tl.tiny_model(prompt_config=None)
+  train.train(mesh=_one_device(), **kw)
+  run('from_plain', plain, 'orbax')
+  assert drawn == ['from_plain']
+
+
 def test_bad_inputs(tmp_path):
   kw = tl.reference_kwargs(str(tmp_path / 'bad'), 3, dropout_rate=0.0)
   # Unknown task: the closest registered names are listed.
