@@ -1,8 +1,8 @@
 """The T5X route (gin/t5x/) run for real: T5X's own trainer and evaluator on CPU.
 
 What runs (subprocesses from the repository root, one CPU device, gin/t5x/local.gin):
-* `python -m t5x.train` for every T5X experiment file: t0_spt_large.gin, t0_spt_xl.gin and
-  t0_spt_large.gin + prompts_only.gin, 2 steps on the sample mixture with T5X's inference
+* `python -m t5x.train` for every T5X experiment file: t0_spt_large.gin, and t0_spt_xl.gin with
+  the prompts_only.gin overlay (one run covers both files), 2 steps on the sample mixture with T5X's inference
   evaluation (rank-classification scores) at step 2; each must write checkpoints, train
   summaries and per-task metrics. The prompts_only run must leave every backbone parameter
   bit-identical and move the soft prompt and memory bank.
@@ -46,9 +46,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 # documented CPU command of the T5X route is one of these).
 TRAIN_GIN_FILES = {
     't0_spt_large': ['gin/t5x/t0_spt_large.gin', 'gin/t5x/local.gin'],
-    't0_spt_xl': ['gin/t5x/t0_spt_xl.gin', 'gin/t5x/local.gin'],
-    't0_spt_large+prompts_only': ['gin/t5x/t0_spt_large.gin', 'gin/t5x/prompts_only.gin',
-                                  'gin/t5x/local.gin'],
+    't0_spt_xl+prompts_only': ['gin/t5x/t0_spt_xl.gin', 'gin/t5x/prompts_only.gin',
+                               'gin/t5x/local.gin'],
 }
 T5X_EVAL_GIN_FILES = ['gin/t5x/spt_t5_1_1_large.gin', 't5x/configs/runs/eval.gin',
                       'gin/t5x/local_eval.gin']
@@ -159,21 +158,17 @@ def test_t0_spt_large_trains_and_evaluates(large_run):
   assert last['encoder/memory_bank/values'].shape == (1024, 5, 64)   # the T5X route's SPT
 
 
-def test_t0_spt_xl_trains_and_evaluates_with_a_relative_model_dir(t5x_installed, tmp_path):
+def test_t0_spt_xl_prompts_only_trains_only_the_prompts_in_a_relative_model_dir(
+    t5x_installed, tmp_path):
   # A relative MODEL_DIR (orbax refuses those; local.gin makes it absolute).
   relative = os.path.relpath(tmp_path / 'xl', ROOT)
   assert not os.path.isabs(relative)
-  _train(relative, 't0_spt_xl',
+  _train(relative, 't0_spt_xl+prompts_only',
          f"--gin.infer_eval/utils.DatasetConfig.mixture_or_task_name='{RTE_EVAL_MIXTURE}'")
-  _check_trained_and_evaluated(tmp_path / 'xl', RTE_EVAL_MIXTURE)
-
-
-def test_prompts_only_trains_only_the_prompts(t5x_installed, tmp_path):
-  _train(tmp_path, 't0_spt_large+prompts_only',
-         f"--gin.infer_eval/utils.DatasetConfig.mixture_or_task_name='{RTE_EVAL_MIXTURE}'")
-  _check_trained_and_evaluated(tmp_path, RTE_EVAL_MIXTURE)
-  first = checkpoints.flatten(checkpoints.load_t5x(tmp_path / 'checkpoint_0'))
-  last = checkpoints.flatten(checkpoints.load_t5x(tmp_path / 'checkpoint_2'))
+  model_dir = tmp_path / 'xl'
+  _check_trained_and_evaluated(model_dir, RTE_EVAL_MIXTURE)
+  first = checkpoints.flatten(checkpoints.load_t5x(model_dir / 'checkpoint_0'))
+  last = checkpoints.flatten(checkpoints.load_t5x(model_dir / 'checkpoint_2'))
   prompt_names = [n for n in first if n.startswith(PROMPT_PREFIXES)]
   assert sorted(prompt_names) == ['encoder/memory_bank/keys', 'encoder/memory_bank/values',
                                   'encoder/soft_prompt/prompt']
