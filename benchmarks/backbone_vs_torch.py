@@ -18,28 +18,14 @@ load; medians of --steps steps after --warmup steps are printed with the ratio o
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 
 
-def _threads_from_argv() -> int | None:
-  for i, a in enumerate(sys.argv):
-    if a == '--threads' and i + 1 < len(sys.argv):
-      return int(sys.argv[i + 1])
-    if a.startswith('--threads='):
-      return int(a.split('=', 1)[1])
-  return None
+import torch_reference  # noqa: E402  (benchmarks/: the script's own folder)
 
-
-# --threads N pins the process to N CPUs before jax is imported (XLA sizes its thread pool from
-# the affinity mask) and gives torch N threads. One thread each compares per-core efficiency,
-# which an oversubscribed shared machine distorts less than spinning thread teams.
-if _threads_from_argv():
-  os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:_threads_from_argv()])
-os.environ.setdefault('USE_TF', '0')  # transformers: do not import TensorFlow models
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
-os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# --threads N: pin before jax / torch are imported (see torch_reference).
+torch_reference.pin_threads_from_argv()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -84,18 +70,6 @@ def make_batch(args, seed=0):
   return enc, dec_in, tgt
 
 
-def build_torch(args):
-  torch.manual_seed(0)
-  config = transformers.T5Config(
-      vocab_size=args.vocab, d_model=args.emb_dim, d_kv=args.head_dim,
-      num_heads=args.num_heads, d_ff=args.mlp_dim, num_layers=args.layers,
-      num_decoder_layers=args.layers, feed_forward_proj='gated-gelu',
-      tie_word_embeddings=False, dropout_rate=0.0, decoder_start_token_id=0)
-  model = transformers.T5ForConditionalGeneration(config)
-  model.train()
-  return model
-
-
 def main():
   args = parse_args()
   if args.threads:
@@ -105,7 +79,7 @@ def main():
         f'transformers {transformers.__version__}, {os.cpu_count()} CPU(s), '
         f'affinity {sorted(os.sched_getaffinity(0))}')
   print(f'load average before: {os.getloadavg()}')
-  hf = build_torch(args)
+  hf = torch_reference.build_t5(args, seed=0, train=True)
   with tempfile.TemporaryDirectory() as d:
     hf.save_pretrained(d)
     config, params = checkpoints.load_hf_t5(d)

@@ -225,7 +225,8 @@ RULES = (
     Rule(COVERED, r'^bash launch/setup\.sh( \[--dev\]| --t5x)?$',
          'creates .venv and installs packages (network); .ci/run runs it (plain, then --dev, '
          'which includes --t5x)'),
-    Rule(COVERED, r'^bash launch/setup\.sh --dev && \.venv/bin/python -m pytest -q$',
+    Rule(COVERED, r'^bash launch/setup\.sh --dev && \.venv/bin/python -m pytest -q '
+         r'-n 2 --dist loadfile$',
          'is README command 2, the test suite itself (.ci/run executes it)'),
     Rule(COVERED, r'^\.venv/bin/python -m pytest ',
          'is (part of) the test suite itself'),

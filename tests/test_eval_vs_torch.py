@@ -38,9 +38,15 @@ def _smoke_argv():
 
 @pytest.fixture(scope='module')
 def script():
-  spec = importlib.util.spec_from_file_location('eval_vs_torch', SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  # As `python benchmarks/eval_vs_torch.py` does, the script's folder is on sys.path (for its
+  # sibling torch_reference.py).
+  sys.path.insert(0, str(SCRIPT.parent))
+  try:
+    spec = importlib.util.spec_from_file_location('eval_vs_torch', SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+  finally:
+    sys.path.remove(str(SCRIPT.parent))
   return module
 
 
