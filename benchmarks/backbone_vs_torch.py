@@ -72,13 +72,7 @@ def make_batch(args, seed=0):
 
 def main():
   args = parse_args()
-  if args.threads:
-    torch.set_num_threads(args.threads)
-  print(f'jax {jax.__version__} ({jax.devices()[0].platform}, {jax.device_count()} device(s)), '
-        f'torch {torch.__version__} ({torch.get_num_threads()} threads), '
-        f'transformers {transformers.__version__}, {os.cpu_count()} CPU(s), '
-        f'affinity {sorted(os.sched_getaffinity(0))}')
-  print(f'load average before: {os.getloadavg()}')
+  torch_reference.set_threads_and_describe(args.threads)
   hf = torch_reference.build_t5(args, seed=0, train=True)
   with tempfile.TemporaryDirectory() as d:
     hf.save_pretrained(d)

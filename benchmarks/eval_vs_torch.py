@@ -55,7 +55,6 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import transformers  # noqa: E402
 
 from spt_jax import checkpoints  # noqa: E402
 from spt_jax import models  # noqa: E402
@@ -145,14 +144,9 @@ def compare_tokens(ours, theirs, shape, require_match):
 
 def main():
   args = parse_args()
-  if args.threads:
-    torch.set_num_threads(args.threads)
-  print(f'jax {jax.__version__} ({jax.devices()[0].platform}, {jax.device_count()} device(s)), '
-        f'torch {torch.__version__} ({torch.get_num_threads()} threads), '
-        f'transformers {transformers.__version__}, {os.cpu_count()} CPU(s), '
-        f'affinity {sorted(os.sched_getaffinity(0))}')
-  print(f'load average before: {os.getloadavg()}')
-  hf = torch_reference.build_t5(args, seed=args.seed, train=False, pad_token_id=0, eos_token_id=EOS_ID)
+  torch_reference.set_threads_and_describe(args.threads)
+  hf = torch_reference.build_t5(args, seed=args.seed, train=False, pad_token_id=0,
+                                eos_token_id=EOS_ID)
   with tempfile.TemporaryDirectory() as d:
     hf.save_pretrained(d)
     config, params = checkpoints.load_hf_t5(d)

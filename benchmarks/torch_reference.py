@@ -34,6 +34,20 @@ def pin_threads_from_argv() -> None:
   os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 
+def set_threads_and_describe(threads: int | None) -> None:
+  """Gives torch `threads` threads (when set) and prints versions, devices and the load."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  if threads:
+    torch.set_num_threads(threads)
+  print(f'jax {jax.__version__} ({jax.devices()[0].platform}, {jax.device_count()} device(s)), '
+        f'torch {torch.__version__} ({torch.get_num_threads()} threads), '
+        f'transformers {transformers.__version__}, {os.cpu_count()} CPU(s), '
+        f'affinity {sorted(os.sched_getaffinity(0))}')
+  print(f'load average before: {os.getloadavg()}')
+
+
 def build_t5(args, seed: int = 0, train: bool = False, **config_overrides):
   """transformers' T5.1.1-style model with the scripts' dimensions, seeded, train or eval mode."""
   import torch  # pylint: disable=g-import-not-at-top
