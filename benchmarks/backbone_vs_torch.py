@@ -18,7 +18,6 @@ load; medians of --steps steps after --warmup steps are printed with the ratio o
 import argparse
 import os
 import statistics
-import tempfile
 import time
 
 
@@ -35,26 +34,18 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from transformers.optimization import Adafactor  # noqa: E402
 
-from spt_jax import checkpoints  # noqa: E402
 from spt_jax import network  # noqa: E402
 
 
 def parse_args():
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--emb_dim', type=int, default=512)
-  p.add_argument('--num_heads', type=int, default=6)
-  p.add_argument('--head_dim', type=int, default=64)
-  p.add_argument('--mlp_dim', type=int, default=1024)
-  p.add_argument('--layers', type=int, default=8, help='encoder and decoder layers each')
-  p.add_argument('--vocab', type=int, default=32128)
+  torch_reference.add_model_flags(p)
   p.add_argument('--batch', type=int, default=8)
   p.add_argument('--inputs', type=int, default=256)
   p.add_argument('--targets', type=int, default=64)
   p.add_argument('--steps', type=int, default=5)
   p.add_argument('--warmup', type=int, default=2)
   p.add_argument('--lr', type=float, default=1e-3)
-  p.add_argument('--threads', type=int, default=None,
-                 help='pin to this many CPUs (XLA) and torch threads (default: all)')
   p.add_argument('--breakdown', action='store_true',
                  help='also time forward only and forward+backward (no update) on both sides')
   return p.parse_args()
@@ -74,10 +65,7 @@ def main():
   args = parse_args()
   torch_reference.set_threads_and_describe(args.threads)
   hf = torch_reference.build_t5(args, seed=0, train=True)
-  with tempfile.TemporaryDirectory() as d:
-    hf.save_pretrained(d)
-    config, params = checkpoints.load_hf_t5(d)
-  print(f'config: {config}')
+  config, params = torch_reference.to_spt_jax(hf)
   n_params = sum(x.size for x in jax.tree.leaves(params))
   print(f'parameters: {n_params / 1e6:.1f} M; batch {args.batch} x ({args.inputs} in, '
         f'{args.targets} out), float32')

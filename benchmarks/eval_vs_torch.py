@@ -42,7 +42,6 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import time
 
 
@@ -56,7 +55,6 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from spt_jax import checkpoints  # noqa: E402
 from spt_jax import models  # noqa: E402
 from spt_jax import network  # noqa: E402
 
@@ -65,12 +63,7 @@ EOS_ID = 1
 
 def parse_args():
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--emb_dim', type=int, default=512)
-  p.add_argument('--num_heads', type=int, default=6)
-  p.add_argument('--head_dim', type=int, default=64)
-  p.add_argument('--mlp_dim', type=int, default=1024)
-  p.add_argument('--layers', type=int, default=8, help='encoder and decoder layers each')
-  p.add_argument('--vocab', type=int, default=32128)
+  torch_reference.add_model_flags(p)
   p.add_argument('--batch', type=int, default=8, help='rows scored / decoded per call')
   p.add_argument('--inputs', type=int, default=256, help='padded input length')
   p.add_argument('--targets', type=int, default=16,
@@ -83,8 +76,6 @@ def parse_args():
   p.add_argument('--require_decode_match', action='store_true',
                  help='exit 1 unless every greedy token equals torch\'s')
   p.add_argument('--seed', type=int, default=0)
-  p.add_argument('--threads', type=int, default=None,
-                 help='pin to this many CPUs (XLA) and torch threads (default: all)')
   return p.parse_args()
 
 
@@ -147,10 +138,7 @@ def main():
   torch_reference.set_threads_and_describe(args.threads)
   hf = torch_reference.build_t5(args, seed=args.seed, train=False, pad_token_id=0,
                                 eos_token_id=EOS_ID)
-  with tempfile.TemporaryDirectory() as d:
-    hf.save_pretrained(d)
-    config, params = checkpoints.load_hf_t5(d)
-  print(f'config: {config}')
+  config, params = torch_reference.to_spt_jax(hf)
   n_params = sum(x.size for x in jax.tree.leaves(params))
   enc, dec_in, tgt = make_rows(args)
   print(f'parameters: {n_params / 1e6:.1f} M; {args.batch} rows, inputs padded to '

@@ -11,6 +11,7 @@ with T5.1.1's gated-GELU, untied logits and no dropout, sized by the scripts' co
 """
 import os
 import sys
+import tempfile
 
 
 def threads_from_argv(argv=None) -> int | None:
@@ -32,6 +33,18 @@ def pin_threads_from_argv() -> None:
   os.environ.setdefault('USE_TF', '0')  # transformers: do not import TensorFlow models
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
   os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+
+def add_model_flags(parser) -> None:
+  """The model flags `build_t5` reads (T5.1.1-small by default) and --threads."""
+  parser.add_argument('--emb_dim', type=int, default=512)
+  parser.add_argument('--num_heads', type=int, default=6)
+  parser.add_argument('--head_dim', type=int, default=64)
+  parser.add_argument('--mlp_dim', type=int, default=1024)
+  parser.add_argument('--layers', type=int, default=8, help='encoder and decoder layers each')
+  parser.add_argument('--vocab', type=int, default=32128)
+  parser.add_argument('--threads', type=int, default=None,
+                      help='pin to this many CPUs (XLA) and torch threads (default: all)')
 
 
 def set_threads_and_describe(threads: int | None) -> None:
@@ -62,3 +75,14 @@ def build_t5(args, seed: int = 0, train: bool = False, **config_overrides):
   model = transformers.T5ForConditionalGeneration(config)
   model.train(train)
   return model
+
+
+def to_spt_jax(model):
+  """(T5Config, params) of `model` through `save_pretrained` + `checkpoints.load_hf_t5`: the
+  same weights on our side, read by the project's own HF import. Prints the config."""
+  from spt_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  with tempfile.TemporaryDirectory() as d:
+    model.save_pretrained(d)
+    config, params = checkpoints.load_hf_t5(d)
+  print(f'config: {config}')
+  return config, params
