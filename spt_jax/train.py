@@ -15,13 +15,21 @@ only), `config.gin` (the operative gin config), for SPT `retrieval_usage/<step>.
 cumulative slot-usage counts behind the `retrieval/cumulative_*` metrics, kept with each
 checkpoint so a resumed run continues them).
 
-Guarantees (tested in tests/test_train.py):
-* Exact resume: the state (params, optimizer state, step, RNG) is checkpointed and the input
-  position is the step (deterministic seqio stream, `skip(step)` on restart), so a run killed
-  and restarted ends bit-identical to an uninterrupted one.
-* SIGTERM (preemption): the current step is checkpointed and `train` returns normally (exit 0).
-* A non-finite loss stops the run with an error naming the step; it is detected before any
-  save, so the last checkpoint on disk is a good one.
+Guarantees, with the default async checkpointing (tests/test_train.py and
+tests/test_fault_tolerance.py, which kills, fills and corrupts real runs):
+* Exact resume: the state (params, optimizer state, step, RNG, memory-usage state) is
+  checkpointed and the input position is the step (deterministic seqio stream, `skip(step)`
+  on restart), so a run killed at any moment (SIGKILL, during a save included) and started
+  again with the same command ends bit-identical to an uninterrupted one; a save that did
+  not finish is never restored.
+* SIGTERM (preemption): the current step is checkpointed, the save is waited for and
+  `train` returns normally (exit 0).
+* A full or unwritable MODEL_DIR stops the run with `CheckpointWriteError` naming the step,
+  the reason and the checkpoints kept (a failed save deletes none).
+* A checkpoint that cannot be read back stops the run with `CheckpointRestoreError` naming
+  the step and the file; `train.restore_fallback = True` resumes from the previous one.
+* A non-finite loss or parameter update stops the run with an error naming the step; it is
+  detected before that step's save, so the last checkpoint on disk is a good one.
 """
 from __future__ import annotations
 
@@ -246,6 +254,10 @@ def make_train_step(model: models_lib.EncoderDecoderModel, tx, mask: Any,
 
     out = {k: v for k, v in metrics.items() if jnp.ndim(v) == 0}
     out['grad_norm'] = grad_norm
+    # The applied update's norm: a non-finite one (e.g. from the learning rate) makes the new
+    # parameters non-finite while this step's loss is still finite; `_check_finite` stops
+    # on it before the state is saved.
+    out['update_norm'] = optim.global_norm(updates, mask)
     out['learning_rate'] = schedule(state.step)
     if 'balance_loss' in metrics:
       out['retrieval/balance_loss'] = metrics['balance_loss']
@@ -344,7 +356,7 @@ def _save_usage(model_dir: str, step: int, usage: np.ndarray, keep: set[int]) ->
   tmp = directory / f'{step}.npy.tmp'
   with tmp.open('wb') as f:
     np.save(f, usage)
-  tmp.rename(directory / f'{step}.npy')
+  tmp.replace(directory / f'{step}.npy')   # a killed run may have written it already
   for path in directory.glob('*.npy'):
     if path.name[:-4].isdigit() and int(path.name[:-4]) not in keep:
       path.unlink()
@@ -414,15 +426,51 @@ def multihost_gather(x: jax.Array) -> np.ndarray:
 
 
 def _check_finite(window: Sequence[tuple[int, dict[str, float]]], ckpt, model_dir: str) -> None:
+  """Stops on a non-finite loss or update, before the state of that step is saved.
+
+  A finite loss with a non-finite update (`update_norm`) means the step's new parameters are
+  not finite: the step is reported and nothing of it is checkpointed.
+  """
   for step, values in window:
-    loss = values.get('loss')
-    if loss is not None and not math.isfinite(loss):
-      ckpt.wait()
-      last = ckpt.latest_step()
-      raise NonFiniteLossError(
-          f'Non-finite loss ({loss}) at step {step}; training stopped. The last good checkpoint '
-          f'(step {last}) in {model_dir}/checkpoints is kept. Lower the learning rate, enable '
-          'gradient clipping (train.grad_clip_norm) or check the input data.')
+    for name in ('loss', 'update_norm'):
+      value = values.get(name)
+      if value is not None and not math.isfinite(value):
+        ckpt.wait()
+        last = ckpt.latest_step()
+        what = 'loss' if name == 'loss' else 'parameter update (the new parameters)'
+        raise NonFiniteLossError(
+            f'Non-finite {what} ({value}) at step {step}; training stopped. The last good '
+            f'checkpoint (step {last}) in {model_dir}/checkpoints is kept. Lower the learning '
+            'rate, enable gradient clipping (train.grad_clip_norm) or check the input data.')
+
+
+def _write_failure(error: BaseException, reason: str, model_dir: str, step: int,
+                   ckpt: train_state_lib.Checkpointer) -> train_state_lib.CheckpointWriteError:
+  """The error a full or unwritable MODEL_DIR gives: what failed, what is kept, the fix."""
+  directory = ckpt.directory
+  kept = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if (
+      directory.is_dir()) else []
+  first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+  if kept:
+    then = (f'The checkpoints written before are intact: step(s) {kept} in {directory}. '
+            f'Free space (or restore write access) and run the same command again: it '
+            f'resumes from step {kept[-1]}.')
+  else:
+    then = ('No checkpoint had been written yet. Free space (or restore write access) and '
+            'run the same command again.')
+  return train_state_lib.CheckpointWriteError(
+      f'Writing to MODEL_DIR={model_dir} failed at step {step} ({reason}: {first_line}). '
+      + then)
+
+
+def _close_quietly(*closers: Callable[[], None]) -> None:
+  """Closes after a failure; a second error while closing is logged, not raised over it."""
+  for close in closers:
+    try:
+      close()
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning('While stopping after the error above, %s also failed: %s',
+                      getattr(close, '__qualname__', close), str(e).splitlines()[0][:300])
 
 
 def _has_checkpoint(model_dir: str) -> bool:
@@ -465,6 +513,7 @@ def train(
     save_initial_checkpoint: bool = False,
     keep_checkpoints: int | None = 3,
     async_checkpointing: bool = True,
+    restore_fallback: bool = False,
     log_every_steps: int = 100,
     peak_flops_per_device: float | None = None,
     eval_hook_factory: Callable[[runner.ModelSetup], Callable[[Any, int], Mapping[str, float]]]
@@ -509,7 +558,12 @@ def train(
       run only): the initialised or imported parameters (INITIAL_CHECKPOINT_PATH), e.g. to
       evaluate the starting point or to check an import. Counts towards keep_checkpoints.
     keep_checkpoints: how many checkpoints to keep (None: all).
-    async_checkpointing: orbax writes in a background thread.
+    async_checkpointing: orbax writes in a background thread (saves stay atomic; see
+      train_state.py).
+    restore_fallback: when the latest checkpoint cannot be read back (a damaged file), move
+      it to MODEL_DIR/corrupt_checkpoints and resume from the newest earlier one that can.
+      Off by default: the run stops with an error naming the step and the file, so that
+      nothing is redone silently.
     log_every_steps: summary / console interval; every step's scalars are written at it.
     peak_flops_per_device: for MFU; default from the device kind.
     eval_hook_factory: called once with the `ModelSetup`; returns `f(params, step) -> {name:
@@ -573,10 +627,16 @@ def train(
         step=jax.ShapeDtypeStruct((), jnp.int32), params=setup.abstract_params,
         opt_state=abstract_opt, rng=jax.ShapeDtypeStruct((2,), jnp.uint32),
         model_state=setup.abstract_model_state)
-    state, meta = ckpt.restore(
-        train_state_lib.abstract_with_shardings(abstract_state, state_shardings))
-    logging.info('Resuming from checkpoint step %d in %s (%s)', latest, ckpt.directory, meta)
-  else:
+    try:
+      state, meta = ckpt.restore(
+          train_state_lib.abstract_with_shardings(abstract_state, state_shardings),
+          fallback=restore_fallback)
+      latest = int(jax.device_get(state.step))
+      logging.info('Resuming from checkpoint step %d in %s (%s)', latest, ckpt.directory, meta)
+    except FileNotFoundError as e:  # restore_fallback found no readable step
+      logging.warning('%s Starting from step 0.', e)
+      latest = None
+  if latest is None:
     init_rng, prompt_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed), 3)
     params = setup.init_params(init_rng)
     if initial_checkpoint_path:
@@ -716,11 +776,18 @@ def train(
                           step, ckpt.directory)
           result['preempted'] = True
           break
+    # An async save's error surfaces when it is waited for: inside the try, like the others.
     ckpt.wait()
-  finally:
-    watcher.close()
     writers.close()
     ckpt.close()
+  except BaseException as e:
+    _close_quietly(writers.close, ckpt.close)
+    reason = train_state_lib.describe_write_failure(e) if isinstance(e, Exception) else None
+    if reason is None:
+      raise
+    raise _write_failure(e, reason, model_dir, step, ckpt) from e
+  finally:
+    watcher.close()
   result.update(state=state, step=step, history=history)
   logging.info('Training stopped at step %d; checkpoints in %s, summaries and metrics.jsonl in %s',
                step, ckpt.directory, model_dir)

@@ -42,6 +42,10 @@ def register_task():
                        'targets': seqio.Feature(vocab, add_eos=True)})
 
 
+# At import, so that a gin file can register the task with `import train_testlib`
+# (tests/gin/fault_trials.gin).
+register_task()
+
 TINY = network.T5Config(vocab_size=128, emb_dim=32, num_heads=4, head_dim=8, mlp_dim=64,
                         num_encoder_layers=2, num_decoder_layers=2, dropout_rate=0.0)
 SPT = prompts.PromptConfig(soft_prompt_length=4, memory_size=16, memory_length=2, top_k=2)
