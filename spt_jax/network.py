@@ -412,10 +412,11 @@ class Encoder(nn.Module):
         raise ValueError('retrieval_query needs a network with a memory bank '
                          '(prompt_config.memory_size > 0).')
       from spt_jax import prompts as prompts_lib  # pylint: disable=g-import-not-at-top
-      x = self.shared_embedding(encoder_input_tokens.astype('int32'))
+      table = self.shared_embedding.embedding
+      x = retrieval_embedding(self.shared_embedding(encoder_input_tokens.astype('int32')),
+                              encoder_input_tokens, table)
       return prompts_lib.MemoryBank(self.prompt_config, cfg.emb_dim, name='memory_bank')(
-          x, encoder_input_tokens > 0, self.shared_embedding.embedding,
-          tokens=encoder_input_tokens, return_query=True)
+          x, encoder_input_tokens > 0, table, tokens=encoder_input_tokens, return_query=True)
     dtype = cfg.compute_dtype
     rel_emb = RelativePositionBiases(cfg.relative_attention_num_buckets,
                                      cfg.relative_attention_max_distance, cfg.num_heads,
@@ -448,10 +449,30 @@ def add_prompt_prefix(prompt_config: Optional[prompts_lib.PromptConfig], cfg: T5
         batch, embedding_table))
   if prompt_config.memory_size > 0:
     parts.append(prompts_lib.MemoryBank(prompt_config, cfg.emb_dim, name='memory_bank')(
-        embedded, tokens > 0, embedding_table, tokens=tokens))
+        retrieval_embedding(embedded, tokens, embedding_table), tokens > 0, embedding_table,
+        tokens=tokens))
   parts = [p.astype(embedded.dtype) for p in parts]
   out = jnp.concatenate(parts + [embedded], axis=1)
   return nn.with_logical_constraint(out, ('batch', 'length', 'embed'))
+
+
+def retrieval_embedding(embedded: Array, tokens: Array, embedding_table: Array) -> Array:
+  """The float32 `[B, T, d]` token embeddings the memory bank pools its query from.
+
+  `embedded` (`[B, T, d]`, the `Embed` output) is in the compute dtype. Under bfloat16
+  activations its rows are the float32 table rows rounded to 8 significant bits, and a query
+  pooled from them changes the retrieved top-k set of some rows although
+  `prompts.retrieve_top_k` scores in float32 (random SPT network, d=64, M=1024, k=4: 29 of
+  4096 rows; their new prompts take the largest bf16-vs-float32 logit difference from 1 % to
+  15 % of the largest logit; see tests/test_bf16.py). So the query is pooled from the
+  float32 rows of `embedding_table` (`[V, d]`) at `tokens` (`[B, T]`) instead: retrieval
+  (query, scores, top-k) is then float32 whatever the activation dtype, as T5X keeps its
+  precision-sensitive ops (softmax, layer norm, loss) in float32. With float32 activations
+  `embedded` is already those rows and is returned unchanged (bit-identical to before).
+  """
+  if embedded.dtype == jnp.float32:
+    return embedded
+  return jnp.take(jnp.asarray(embedding_table, jnp.float32), tokens.astype(jnp.int32), axis=0)
 
 
 class Decoder(nn.Module):

@@ -151,6 +151,7 @@ def initialize_distributed(coordinator_address: str | None = None,
   if process_id is None and env.get('JAX_PROCESS_ID'):
     process_id = int(env['JAX_PROCESS_ID'])
   kwargs = {}
+  auto_detect_hint = None  # set when jax's own cluster detection is to find the job
   if coordinator_address:
     if num_processes is None or process_id is None:
       raise ValueError('JAX_COORDINATOR_ADDRESS is set but JAX_NUM_PROCESSES / JAX_PROCESS_ID '
@@ -158,10 +159,18 @@ def initialize_distributed(coordinator_address: str | None = None,
     kwargs = dict(coordinator_address=coordinator_address, num_processes=num_processes,
                   process_id=process_id)
   elif int(env.get('SLURM_NTASKS', '1')) > 1:
-    kwargs = {}  # jax's SLURM cluster detection reads the SLURM_* variables.
+    # jax's SLURM cluster detection reads the SLURM_* variables.
+    auto_detect_hint = (
+        f"SLURM_NTASKS={env['SLURM_NTASKS']}, but jax's SLURM detection needs all of "
+        'SLURM_JOB_ID, SLURM_STEP_NODELIST, SLURM_NTASKS, SLURM_PROCID and SLURM_LOCALID '
+        '(set by srun for each task of a job step)')
   elif len(env.get('TPU_WORKER_HOSTNAMES', '').split(',')) > 1 or env.get(
       'MEGASCALE_COORDINATOR_ADDRESS'):
-    kwargs = {}  # jax's Cloud TPU detection.
+    # jax's Cloud TPU detection.
+    auto_detect_hint = (
+        "TPU_WORKER_HOSTNAMES / MEGASCALE_COORDINATOR_ADDRESS are set, but jax's Cloud TPU "
+        'detection needs a TPU VM (libtpu and TPU chips; GKE: also TPU_WORKER_ID, GCE: the '
+        'metadata server)')
   else:
     return False
   if cpu_collectives and (env.get('JAX_PLATFORMS', '') in ('cpu',) or coordinator_address):
@@ -170,7 +179,17 @@ def initialize_distributed(coordinator_address: str | None = None,
     except Exception as e:  # pylint: disable=broad-except
       logging.warning('Could not set CPU collectives to %s: %s', cpu_collectives, e)
   logging.info('jax.distributed.initialize(%s)', kwargs)
-  jax.distributed.initialize(**kwargs)
+  try:
+    jax.distributed.initialize(**kwargs)
+  except ValueError as e:
+    if auto_detect_hint is None:
+      raise
+    # jax found no cluster and says only e.g. 'coordinator_address should be defined.'
+    raise ValueError(
+        f'Multi-process job: {auto_detect_hint}; jax.distributed.initialize() found no '
+        f'cluster ({e}). '
+        'Set JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES and '
+        'JAX_PROCESS_ID on every process instead.') from e
   logging.info('Process %d of %d, %d local / %d global devices', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
   return True
