@@ -82,9 +82,14 @@ def _free_port(low=1024, high=65535):
 
 def _run(envs, timeout=300):
   """Starts one child per env; returns their RESULT dicts (asserting exit status 0)."""
-  procs = [subprocess.Popen([sys.executable, '-c', _CHILD], env=env, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for env in envs]
+  return results_of([subprocess.Popen([sys.executable, '-c', _CHILD], env=env, cwd=ROOT,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True)
+                     for env in envs], timeout)
+
+
+def results_of(procs, timeout):
+  """The JSON after 'RESULT ' each process prints, in order; kills the rest on a failure."""
   results = []
   try:
     for p in procs:

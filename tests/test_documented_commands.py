@@ -243,6 +243,10 @@ RULES = (
          r'--gin\.MODEL_DIR="\'/tmp/\w+\'"$',
          'its CPU form (with runs/local.gin) is trained by .ci/run (README command 1, spt) and '
          'tests/test_method_validity.py (every method)'),
+    Rule(COVERED, r'^python tests/fault_trials\.py --trials \d+ --seed \d+ --signal SIGKILL '
+         r'--work_dir /tmp/kills$',
+         'the reported 20-trial run (~12 min); tests/test_fault_tolerance.py runs the same '
+         'trials, 5 with SIGKILL and 2 with SIGTERM'),
     Rule(COVERED, r'^python -m spt_tasks\.cache$',
          'names the cache writer in prose; its write_cache is run by tests/test_cache.py and, '
          'for the sample tasks, by launch/setup.sh'),

@@ -25,6 +25,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 import test_evaluate as te
+from test_distributed_env import results_of
 from spt_jax import evaluate
 from spt_jax import partitioning
 from spt_jax import runner
@@ -40,6 +41,7 @@ from spt_jax import evaluate, partitioning, runner
 assert runner.initialize_distributed()
 import jax
 import test_evaluate as te
+from test_distributed_env import results_of
 out = evaluate.evaluate(
     mixture_or_task_name=te.MIXTURE, checkpoint_path=sys.argv[1], output_dir=sys.argv[2],
     model=te._model(), mesh=partitioning.create_mesh(mesh_shape=%r), batch_size=%d,
@@ -101,16 +103,7 @@ def test_two_processes_write_the_one_process_results(tmp_path):
     procs.append(subprocess.Popen(
         [sys.executable, '-c', _CHILD, str(checkpoint), str(out_dirs[pid])], env=env, cwd=ROOT,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-  results = []
-  try:
-    for p in procs:
-      out, err = p.communicate(timeout=600)
-      assert p.returncode == 0, err[-3000:]
-      results.append(json.loads(out.split('RESULT ', 1)[1]))
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
+  results = results_of(procs, timeout=600)
 
   assert [(r['process_index'], r['process_count']) for r in results] == [(0, 2), (1, 2)]
   # Every process returns the same, full metrics: those of the single process.
