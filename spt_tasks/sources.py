@@ -54,6 +54,8 @@ DEFAULT_T5_VOCAB = 'gs://t5-data/vocabs/cc_all.32000/sentencepiece.model'
 ROLES = ('train', 'heldout', 'glue', 'super_glue')
 SOURCES = ('tfds', 'hf', 'manual_csv')
 HF_JSON_FEATURE = 'hf_json'
+# HF examples serialised per call of the source's generator (the order is unchanged).
+_HF_CHUNK = 64
 
 STORY_CLOZE_FILES = {'validation': 'cloze_test_val__spring2016.csv',
                    'test': 'cloze_test_test__spring2016.csv'}
@@ -439,12 +441,18 @@ def hf_dataset_fn(split: str, shuffle_files: bool = False, seed: Optional[int] =
   if (hf_name, hf_subset, hf_split) not in _HF_INJECTED:
     _import_hf_datasets()  # fail here, with the fix, not later inside tf.data
 
-  def gen():
+  def gen():  # chunks: from_generator's per-element Python call costs more than the JSON
+    chunk = []
     for ex in _hf_examples(hf_name, hf_subset, hf_split):
-      yield {HF_JSON_FEATURE: json.dumps(dict(ex), default=_json_default)}
+      chunk.append(json.dumps(dict(ex), default=_json_default))
+      if len(chunk) == _HF_CHUNK:
+        yield {HF_JSON_FEATURE: chunk}
+        chunk = []
+    if chunk:
+      yield {HF_JSON_FEATURE: chunk}
 
   return tf.data.Dataset.from_generator(
-      gen, output_signature={HF_JSON_FEATURE: tf.TensorSpec([], tf.string)})
+      gen, output_signature={HF_JSON_FEATURE: tf.TensorSpec([None], tf.string)}).unbatch()
 
 
 # ---- StoryCloze (manual download).

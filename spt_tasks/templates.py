@@ -30,6 +30,7 @@ the global random state afterwards.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import os
@@ -289,20 +290,74 @@ def _compile_cached(jinja: str):
   return _import_promptsource_templates().env.from_string(jinja)
 
 
-def _compile(jinja: str):
-  """promptsource's jinja environment compiling `jinja`.
+@functools.lru_cache(maxsize=4096)
+def _parsed(jinja: str):
+  """jinja's syntax tree of `jinja` (parsing draws no random numbers)."""
+  return _import_promptsource_templates().env.parse(jinja)
 
-  Compiling is most of the cost of `Template.apply` (which recompiles on every
-  call), so it is cached, except for templates that draw random numbers: jinja
-  folds `[...] | choice` on a constant list at compile time, so those must be
-  compiled per example (under the example's seed) to vary as in promptsource.
-  The test is for the word `choice` (the filter) or `random`, not a substring: nearly every
-  template mentions `answer_choices`, and compiling those per example made rendering ~20x
-  slower for no difference in output.
+
+@functools.lru_cache(maxsize=16384)
+def _from_python_source(source: str):
+  """The jinja Template of generated Python `source`, as `Environment.from_string` builds it."""
+  env = _import_promptsource_templates().env
+  code = env._compile(source, '<template>')  # pylint: disable=protected-access
+  return env.template_class.from_code(env, code, env.make_globals(None), None)
+
+
+def _generate(jinja: str) -> str:
+  """The Python source jinja generates for `jinja` (what `from_string` compiles).
+
+  Code generation folds constant expressions, so `['a', 'b'] | choice` on a literal list draws
+  from `random` here, in the same order as in `from_string`. The optimizer rewrites the tree
+  in place, so each call works on a copy of the cached parse (the environment is shared).
   """
-  if _DRAWS_RANDOM.search(jinja):
-    return _import_promptsource_templates().env.from_string(jinja)
+  env = _import_promptsource_templates().env
+  tree = copy.deepcopy(_parsed(jinja), {id(env): env})
+  return env.compile(tree, raw=True)
+
+
+@functools.lru_cache(maxsize=4096)
+def _draws_when_compiled(jinja: str) -> bool:
+  """Whether compiling `jinja` consumes random numbers (a constant-folded `| choice`).
+
+  Folding depends on the syntax tree only, so a compilation that draws nothing never does;
+  such a template draws (if at all) when rendered and can be compiled once. Python's random
+  state is restored afterwards.
+  """
+  state = random.getstate()
+  try:
+    random.seed(0)
+    before = random.getstate()
+    _generate(jinja)
+    return random.getstate() != before
+  finally:
+    random.setstate(state)
+
+
+def _compile(jinja: str):
+  """promptsource's jinja environment compiling `jinja`, as `env.from_string(jinja)`.
+
+  Compiling is most of the cost of `Template.apply` (which recompiles on every call), so it
+  is cached. Templates that mention `choice` (the filter) or `random` may draw random numbers
+  at compile time: jinja folds `[...] | choice` on a constant list while generating code, so
+  those draws must happen per example (under the example's seed) to vary as in promptsource.
+  For them, a template whose compilation draws nothing (`_draws_when_compiled`: the draw
+  happens at render time, e.g. `answer_choices | choice`) is compiled once too; one that does
+  draw regenerates its Python source per example (the draws, in promptsource's order) from a
+  cached parse, and the source's compilation is cached (few distinct draws, few sources).
+  The test is for the word `choice` or `random`, not a substring: nearly every template
+  mentions `answer_choices`.
+  """
+  if _DRAWS_RANDOM.search(jinja) and _draws_when_compiled(jinja):
+    return _from_python_source(_generate(jinja))
   return _compile_cached(jinja)
+
+
+@functools.lru_cache(maxsize=4096)
+def _truncating(jinja: str) -> str:
+  """`Template.apply`'s truncate=True rewrite: each `}}` gets `| string | truncate(N)`."""
+  ps = _import_promptsource_templates()
+  return jinja.replace('}}', f' | string | truncate({ps.TEXT_VAR_LENGTH}) }}}}')
 
 
 def _answer_choices(template, example):
@@ -314,22 +369,29 @@ def _answer_choices(template, example):
   return [template._unescape_pipe(c.strip()) for c in rendered.split(SEPARATOR)]  # pylint: disable=protected-access
 
 
-def _apply(template, example):
-  """`Template.apply(example)` (truncate=True) with cached compiled templates.
+def _apply_with_choices(template, example):
+  """(`Template.apply(example)` (truncate=True), the answer choices it rendered).
 
-  Same steps as promptsource 0.2.3: each `}}` gets `| string | truncate(N)`,
-  '|||' inside field values is protected, `answer_choices` is added, the output
-  is split at '|||' and each part stripped. `test_templates.py` checks equality
-  with `Template.apply`.
+  Same steps as promptsource 0.2.3: each `}}` gets `| string | truncate(N)`, '|||' inside
+  field values is protected, `answer_choices` is added, the output is split at '|||' and each
+  part stripped. The answer choices are the first thing rendered (nothing draws random numbers
+  before), so under a fresh seed they equal `get_answer_choices_list(example)` under that
+  seed. `test_templates.py` checks equality with `Template.apply`.
   """
-  ps = _import_promptsource_templates()
-  jinja = template.jinja.replace('}}', f' | string | truncate({ps.TEXT_VAR_LENGTH}) }}}}')
+  jinja = _truncating(template.jinja)
   protected = template._escape_pipe(example)  # pylint: disable=protected-access
   if 'answer_choices' in protected:
     raise ValueError("Example contains the restricted key 'answer_choices'.")
-  protected['answer_choices'] = _answer_choices(template, example)
+  choices = _answer_choices(template, example)
+  protected['answer_choices'] = choices
   rendered = _compile(jinja).render(**protected)
-  return [template._unescape_pipe(part).strip() for part in rendered.split(SEPARATOR)]  # pylint: disable=protected-access
+  parts = [template._unescape_pipe(part).strip() for part in rendered.split(SEPARATOR)]  # pylint: disable=protected-access
+  return parts, choices
+
+
+def _apply(template, example):
+  """`Template.apply(example)` (truncate=True) with cached compiled templates."""
+  return _apply_with_choices(template, example)[0]
 
 
 def render(template, example: Mapping[str, Any], seed: Optional[int] = None) -> Rendered:
@@ -355,8 +417,9 @@ def render(template, example: Mapping[str, Any], seed: Optional[int] = None) -> 
   if seed is None:
     seed = example_seed(template, example)
   try:
-    parts = _seeded(seed, _apply, template, example)
-    choices = _seeded(seed, _answer_choices, template, example)
+    # One seeded pass: the choices rendered first inside it are those a separate seeded
+    # `get_answer_choices_list` call gives (see `_apply_with_choices`).
+    parts, choices = _seeded(seed, _apply_with_choices, template, example)
   except Exception as e:  # pylint: disable=broad-except  # jinja raises many types.
     raise TemplateError(
         f'template {template.get_name()!r} failed to render: {type(e).__name__}: {e}') from e
