@@ -95,7 +95,8 @@ def results_of(procs, timeout):
     for p in procs:
       out, err = p.communicate(timeout=timeout)
       assert p.returncode == 0, err[-3000:]
-      results.append(json.loads(out.split('RESULT ', 1)[1]))
+      # The RESULT line only: jax may log to stdout after it (e.g. at shutdown).
+      results.append(json.loads(out.split('RESULT ', 1)[1].splitlines()[0]))
   finally:
     for p in procs:
       if p.poll() is None:

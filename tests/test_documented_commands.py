@@ -247,6 +247,9 @@ RULES = (
          r'--work_dir /tmp/kills$',
          'the reported 20-trial run (~12 min); tests/test_fault_tolerance.py runs the same '
          'trials, 5 with SIGKILL and 2 with SIGTERM'),
+    Rule(COVERED, r'^python benchmarks/input_pipeline\.py \[--quick\] \[--t0_mixture\]$',
+         'tests/test_input_pipeline_benchmark.py runs its --quick form; the full run and '
+         '--t0_mixture take minutes'),
     Rule(COVERED, r'^python -m spt_tasks\.cache$',
          'names the cache writer in prose; its write_cache is run by tests/test_cache.py and, '
          'for the sample tasks, by launch/setup.sh'),
