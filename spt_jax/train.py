@@ -782,7 +782,8 @@ def train(
     ckpt.close()
   except BaseException as e:
     _close_quietly(writers.close, ckpt.close)
-    reason = train_state_lib.describe_write_failure(e) if isinstance(e, Exception) else None
+    reason = (train_state_lib.describe_write_failure(e, model_dir)
+              if isinstance(e, Exception) else None)
     if reason is None:
       raise
     raise _write_failure(e, reason, model_dir, step, ckpt) from e

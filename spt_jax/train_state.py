@@ -117,26 +117,32 @@ _WRITE_FAILURE_ERRNOS = {28: 'no space left on device', 122: 'disk quota exceede
                          1: 'operation not permitted', 27: 'file too large'}
 
 
-def describe_write_failure(error: BaseException) -> str | None:
-  """A short reason when `error` (or an error it was raised from) is a failed disk write.
+def describe_write_failure(error: BaseException, directory: str) -> str | None:
+  """A short reason when `error` (or an error it was raised from) is a failed write under
+  `directory` (MODEL_DIR).
 
-  Returns None for anything else, so that only storage faults are reported as such.
+  Returns None for anything else, so that only storage faults of the run's own directory
+  are reported as such: the failing path must lie under `directory` (TensorStore and
+  TensorFlow name it in their messages, Python in `OSError.filename`), and a status such as
+  RESOURCE_EXHAUSTED counts only with a disk reason (an accelerator out of memory says
+  RESOURCE_EXHAUSTED too).
   """
+  directory = str(directory)   # as train() resolved it (absolute, or a gs:// URL)
   seen = set()
   while error is not None and id(error) not in seen:
     seen.add(id(error))
-    if isinstance(error, OSError) and error.errno in _WRITE_FAILURE_ERRNOS:
-      return _WRITE_FAILURE_ERRNOS[error.errno]
     text = str(error)
-    code = re.search(r"os_error_code='?(\d+)", text)
-    if code and int(code.group(1)) in _WRITE_FAILURE_ERRNOS:
-      return _WRITE_FAILURE_ERRNOS[int(code.group(1))]
-    if type(error).__name__ in ('ResourceExhaustedError', 'PermissionDeniedError') or (
-        text.startswith(('RESOURCE_EXHAUSTED', 'PERMISSION_DENIED'))):
+    names = [str(f) for f in (getattr(error, 'filename', None),
+                              getattr(error, 'filename2', None)) if f]
+    if any(n.startswith(directory) for n in names) or directory in text:
+      if isinstance(error, OSError) and error.errno in _WRITE_FAILURE_ERRNOS:
+        return _WRITE_FAILURE_ERRNOS[error.errno]
+      code = re.search(r"os_error_code='?(\d+)", text)
+      if code and int(code.group(1)) in _WRITE_FAILURE_ERRNOS:
+        return _WRITE_FAILURE_ERRNOS[int(code.group(1))]
       for reason in _WRITE_FAILURE_ERRNOS.values():
         if reason in text.lower():
           return reason
-      return text.split(':', 1)[0].lower().replace('_', ' ')
     error = error.__cause__ or error.__context__
   return None
 

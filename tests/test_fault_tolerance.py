@@ -151,6 +151,23 @@ def test_unwritable_model_dir_mid_run_stops_clearly_and_keeps_earlier_checkpoint
       subprocess.run(['umount', '-l', path], check=False)
 
 
+def test_only_failed_writes_under_model_dir_are_reported_as_such():
+  """An accelerator out of memory (also RESOURCE_EXHAUSTED) or an unreadable input file is
+  not a MODEL_DIR write failure: the original error must reach the user unchanged."""
+  model_dir = '/tmp/spt_run'
+  full = ValueError('RESOURCE_EXHAUSTED: Error writing local file "/tmp/spt_run/checkpoints/'
+                    '10.orbax-checkpoint-tmp/_sharding": Failed to write 76745 bytes: No space '
+                    "left on device [os_error_code='28']")
+  assert ts.describe_write_failure(full, model_dir) == 'no space left on device'
+  wrapped = RuntimeError('save failed')
+  wrapped.__cause__ = OSError(errno.EROFS, 'Read-only file system', '/tmp/spt_run/metrics.jsonl')
+  assert ts.describe_write_failure(wrapped, model_dir) == 'read-only file system'
+  oom = ValueError('RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.50GiB.')
+  assert ts.describe_write_failure(oom, model_dir) is None
+  elsewhere = OSError(errno.EACCES, 'Permission denied', '/data/p3/train.tfrecord')
+  assert ts.describe_write_failure(elsewhere, model_dir) is None
+
+
 def _truncate_largest_array_file(step_dir):
   files = [os.path.join(root, name) for root, _, names in os.walk(step_dir) for name in names
            if os.sep + 'd' + os.sep in os.path.join(root, name)]
