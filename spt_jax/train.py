@@ -448,8 +448,7 @@ def _write_failure(error: BaseException, reason: str, model_dir: str, step: int,
                    ckpt: train_state_lib.Checkpointer) -> train_state_lib.CheckpointWriteError:
   """The error a full or unwritable MODEL_DIR gives: what failed, what is kept, the fix."""
   directory = ckpt.directory
-  kept = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if (
-      directory.is_dir()) else []
+  kept = train_state_lib.finished_steps(directory)
   first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
   if kept:
     then = (f'The checkpoints written before are intact: step(s) {kept} in {directory}. '
@@ -475,8 +474,7 @@ def _close_quietly(*closers: Callable[[], None]) -> None:
 
 def _has_checkpoint(model_dir: str) -> bool:
   """Whether `model_dir/checkpoints` holds a finished step (the run will resume from it)."""
-  directory = epath.Path(model_dir) / 'checkpoints'
-  return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
+  return bool(train_state_lib.finished_steps(epath.Path(model_dir) / 'checkpoints'))
 
 
 def train(

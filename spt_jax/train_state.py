@@ -117,6 +117,22 @@ _WRITE_FAILURE_ERRNOS = {28: 'no space left on device', 122: 'disk quota exceede
                          1: 'operation not permitted', 27: 'file too large'}
 
 
+def _cause_chain(error: BaseException | None):
+  """`error`, then the errors it was raised from or during (`__cause__` / `__context__`)."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    yield error
+    error = error.__cause__ or error.__context__
+
+
+def finished_steps(directory: epath.Path) -> list[int]:
+  """The finished step directories in a checkpoints `directory`, read from disk (not the
+  manager's list, which also holds a step whose save is in flight)."""
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if (
+      directory.is_dir()) else []
+
+
 def describe_write_failure(error: BaseException, directory: str) -> str | None:
   """A short reason when `error` (or an error it was raised from) is a failed write under
   `directory` (MODEL_DIR).
@@ -128,9 +144,7 @@ def describe_write_failure(error: BaseException, directory: str) -> str | None:
   RESOURCE_EXHAUSTED too).
   """
   directory = str(directory)   # as train() resolved it (absolute, or a gs:// URL)
-  seen = set()
-  while error is not None and id(error) not in seen:
-    seen.add(id(error))
+  for error in _cause_chain(error):
     text = str(error)
     names = [str(f) for f in (getattr(error, 'filename', None),
                               getattr(error, 'filename2', None)) if f]
@@ -143,7 +157,6 @@ def describe_write_failure(error: BaseException, directory: str) -> str | None:
       for reason in _WRITE_FAILURE_ERRNOS.values():
         if reason in text.lower():
           return reason
-    error = error.__cause__ or error.__context__
   return None
 
 
@@ -153,9 +166,8 @@ def _restore_failure_detail(error: BaseException, step_dir: epath.Path) -> str:
   TensorStore names the array and the OCDBT database (a directory); when it also gives the
   size of the data file it found too short, the file of that size in `step_dir` is named.
   """
-  seen, lines = set(), []
-  while error is not None and id(error) not in seen:
-    seen.add(id(error))
+  lines = []
+  for error in _cause_chain(error):  # pylint: disable=redefined-argument-from-local
     text = str(error)
     found = re.search(r'Error reading "([^"]+)"[^\n]*', text)
     if found:
@@ -172,7 +184,6 @@ def _restore_failure_detail(error: BaseException, step_dir: epath.Path) -> str:
           detail += f' (file {files[0]}: {size.group(1)} bytes, shorter than written)'
       return detail
     lines.append(f'{type(error).__name__}: {text.splitlines()[0] if text else ""}')
-    error = error.__cause__ or error.__context__
   return lines[0] if lines else 'unknown error'
 
 
