@@ -23,7 +23,10 @@ How it works: a `seqio.Evaluator` over the mixture calls `score_fn` (rank classi
 unbatched `(index, features)` tuples; `Evaluation` batches them to EVAL_BATCH_SIZE (padding
 the last batch with copies of a real row, dropped afterwards), shards every batch over the
 mesh's `data` axis exactly as training does (`runner.ModelSetup`), and runs the jitted
-`EncoderDecoderModel.score_batch` / `predict_batch`. With a memory bank, the retrieved slot
+`EncoderDecoderModel.score_batch` / `predict_batch`. A scoring batch whose rows hold at most
+B/2 distinct inputs (an example's answer choices share its input) encodes each distinct input
+once (`score_batch(input_index=...)`): same scores, a half or less of the encoder's work.
+With a memory bank, the retrieved slot
 ids of every example are collected while scoring (one row per example, not per answer
 choice).
 
@@ -167,6 +170,32 @@ def batches_from_enumerated(ds, batch_size: int) -> Any:
     yield np.asarray(index, np.int64), features, n
 
 
+def distinct_inputs(tokens: np.ndarray, sizes: Sequence[int]
+                    ) -> Optional[tuple[np.ndarray, np.ndarray]]:
+  """A batch's distinct encoder inputs: `(inputs [S, T], index [B] int32)`, `inputs[index]`
+  equal to `tokens` [B, T].
+
+  S is the smallest of `sizes` that holds them (padded with copies of the first, real
+  tokens); None when none does.
+  """
+  if not sizes:
+    return None
+  unique, index = np.unique(tokens, axis=0, return_inverse=True)
+  for size in sorted(sizes):
+    if len(unique) <= size:
+      pad = np.repeat(unique[:1], size - len(unique), axis=0)
+      return np.concatenate([unique, pad]), index.reshape(-1).astype(np.int32)
+  return None
+
+
+def _divides_mesh(rows: int, mesh: jax.sharding.Mesh) -> bool:
+  try:
+    partitioning.host_local_batch_size(rows, mesh)
+  except ValueError:
+    return False
+  return True
+
+
 def _process_rows(features: Mapping[str, np.ndarray], batch_size: int,
                   mesh: jax.sharding.Mesh) -> dict[str, np.ndarray]:
   """This process's rows of a global batch (every process iterates the whole eval set)."""
@@ -222,9 +251,12 @@ def create_seqio_evaluator(mixture_or_task_name: str, *, split: str = 'validatio
   if log_dir is not None and jax.process_index() == 0:
     epath.Path(log_dir).mkdir(parents=True, exist_ok=True)
     loggers = (seqio.JSONLogger,)
+  # No length check: seqio trims every task to `sequence_length` (or measures it from the
+  # data) before the converter, so it can only pass; it costs two tf.data maps per task.
   evaluator = seqio.Evaluator(
       mixture_or_task_name=mixture_or_task_name,
-      feature_converter=seqio.EncDecFeatureConverter(pack=False), eval_split=split,
+      feature_converter=seqio.EncDecFeatureConverter(pack=False, apply_length_check=False),
+      eval_split=split,
       use_cached=use_cached, seed=seed,
       sequence_length=dict(task_feature_lengths) if task_feature_lengths else None,
       num_examples=num_examples, logger_cls=loggers, log_dir=log_dir if loggers else None)
@@ -315,8 +347,24 @@ class Evaluation:
                                  alpha=alpha, max_decode_length=batch[
                                      'decoder_input_tokens'].shape[1])
 
+    def score_distinct_inputs(params, rows, inputs):
+      rows = dict(rows)
+      index = rows.pop('input_index')
+      scores, retrieval = model.score_batch(
+          params, dict(rows, encoder_input_tokens=inputs['encoder_input_tokens']),
+          length_normalize=length_normalize, return_retrieval=True, input_index=index)
+      return scores, retrieval.get('indices')
+
     self._score = jax.jit(score, in_shardings=(setup.param_shardings, batch_sharding),
                           out_shardings=rep)
+    self._score_distinct_inputs = jax.jit(
+        score_distinct_inputs,
+        in_shardings=(setup.param_shardings, batch_sharding, batch_sharding), out_shardings=rep)
+    # How many distinct inputs a batch may be encoded as (B/4, B/2; each a jit shape): the
+    # rows of rank classification repeat their example's input once per answer choice.
+    self._distinct_input_sizes = tuple(
+        s for s in (self.batch_size // 4, self.batch_size // 2)
+        if s and _divides_mesh(s, setup.mesh))
     self._predict = jax.jit(predict, in_shardings=(setup.param_shardings, batch_sharding),
                             out_shardings=rep)
 
@@ -326,13 +374,30 @@ class Evaluation:
       local = _process_rows(feats, self.batch_size, self.setup.mesh)
       yield idx, partitioning.shard_batch(local, self.setup.mesh, self.batch_size), n
 
+  def _shard(self, features: Mapping[str, np.ndarray], size: int) -> dict[str, jax.Array]:
+    local = _process_rows(features, size, self.setup.mesh)
+    return partitioning.shard_batch(local, self.setup.mesh, size)
+
   def score_fn(self, ds, params) -> list[tuple[int, float]]:
-    """seqio score_fn: `(index, log-likelihood)` per row; records retrieved slot ids."""
+    """seqio score_fn: `(index, log-likelihood)` per row; records retrieved slot ids.
+
+    A batch whose rows hold at most B/2 distinct inputs (rank classification: an example's
+    answer choices share its input) encodes each input once (`score_batch(input_index=)`).
+    """
     task = self._task_by_dataset_id.get(id(ds))
     out, slots = [], []
     with self.setup.activate():
-      for idx, batch, n in self._model_batches(ds):
-        scores, indices = self._score(params, batch)
+      for idx, feats, n in batches_from_enumerated(ds, self.batch_size):
+        shared = distinct_inputs(feats['encoder_input_tokens'], self._distinct_input_sizes)
+        if shared is None:
+          scores, indices = self._score(params, self._shard(feats, self.batch_size))
+        else:
+          inputs, index = shared
+          rows = {k: v for k, v in feats.items() if k != 'encoder_input_tokens'}
+          rows['input_index'] = index
+          scores, indices = self._score_distinct_inputs(
+              params, self._shard(rows, self.batch_size),
+              self._shard({'encoder_input_tokens': inputs}, len(inputs)))
         scores = np.asarray(scores)[:n]
         out.extend(zip(idx.tolist(), scores.tolist()))
         if indices is not None:

@@ -298,7 +298,7 @@ class EncoderDecoderModel:
 
   # --------------------------------------------------------------------- scoring
   def score_batch(self, params: Params, batch: Batch, length_normalize: bool = False,
-                  return_retrieval: bool = False):
+                  return_retrieval: bool = False, input_index: Optional[Array] = None):
     """Log-likelihood of each row's target tokens (rank classification's score).
 
     T5X semantics: the sum over target positions of `log p(target | prefix)` times
@@ -309,12 +309,28 @@ class EncoderDecoderModel:
       batch: seqio EncDec batch (see module doc).
       length_normalize: divide each row's sum by its (weighted) number of target tokens.
       return_retrieval: also return the retrieval outputs (for slot-usage statistics).
+      input_index: None, or [B] int32 when `batch['encoder_input_tokens']` holds U distinct
+        inputs [U, T] (U <= B) and row b's input is its row `input_index[b]`: each input is
+        encoded (prompts and retrieval included) once, however many rows share it, as the
+        answer choices of one rank-classification example do. Rows are scored exactly as
+        in the expanded batch. Unpacked batches only.
 
     Returns:
       scores [B] float32; with `return_retrieval`, `(scores, retrieval)` where retrieval
       holds 'indices' [B, k] int32 and 'scores' [B, k] ({} when the network has no memory).
     """
-    logits, retrieval = self._compute_logits(params, batch, dropout_rng=None)
+    if input_index is None:
+      logits, retrieval = self._compute_logits(params, batch, dropout_rng=None)
+    else:
+      if self._packing_kwargs(batch):
+        raise ValueError('score_batch(input_index=...) takes unpacked batches (no segment ids '
+                         'or positions).')
+      encoded, retrieval = self._encode(params, batch['encoder_input_tokens'])
+      logits = self.network.apply(
+          {'params': params}, encoded[input_index], batch['encoder_input_tokens'][input_index],
+          batch['decoder_input_tokens'], batch['decoder_target_tokens'], enable_dropout=False,
+          method=self.network.decode)
+      retrieval = {k: v[input_index] for k, v in retrieval.items() if k in ('indices', 'scores')}
     targets = batch['decoder_target_tokens']
     weights = batch.get('decoder_loss_weights')
     if weights is None:

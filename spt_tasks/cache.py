@@ -12,8 +12,8 @@ seqio reads a cached task (`seqio.get_dataset(..., use_cached=True)`, our traine
 What is stored is the task's output just before its `seqio.CacheDatasetPlaceholder()`
 (`Task.preprocess_precache`): rendered and tokenized examples, so a cached read runs no
 Python (no template rendering, no tokenizer) and only the preprocessors after the
-placeholder (e.g. `append_eos`). seqio's own writer (`seqio.scripts.cache_tasks_main`) needs
-Apache Beam; this one writes the same layout from a plain loop, keeps the source order (Beam
+placeholder (none for the sample tasks, which cache their EOS too). seqio's own writer
+(`seqio.scripts.cache_tasks_main`) needs Apache Beam; this one writes the same layout from a plain loop, keeps the source order (Beam
 reshuffles) and writes each task into a temporary folder renamed into place when complete.
 
   python -m spt_tasks.cache --module=spt_tasks.sample --tasks='sample_.*' \
@@ -95,7 +95,7 @@ def write_task_cache(task: seqio.Task, cache_root: str,
   if not task.supports_caching:
     raise ValueError(
         f'Task {task.name!r} has no seqio.CacheDatasetPlaceholder() in its preprocessors, so '
-        'there is no point at which to cache it; add one after the tokenizer (before '
+        'there is no point at which to cache it; add one after the tokenizer (and '
         'append_eos), as spt_tasks.sample does.')
   final = task_cache_dir(cache_root, task.name)
   tmp = f'{final}.tmp-{os.getpid()}'

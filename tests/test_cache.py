@@ -89,6 +89,24 @@ def test_sample_cache_equals_rendering_on_the_fly(task_name, sample_cache):
   _assert_same(cached, fresh)
 
 
+def test_premixed_task_is_the_mixture_stream(sample_cache):
+  """What runs/local.gin trains on: the first examples of seqio's own mixing of the sample
+  mixture (seed PREMIX_SEED), cached as one task."""
+  task = seqio.get_mixture_or_task(sample.PREMIXED_TRAIN_TASK)
+  assert task.cache_dir and str(sample_cache) in task.cache_dir
+  stats = json.load(open(os.path.join(task.cache_dir, 'stats.train.json')))
+  assert stats['examples'] == sample.PREMIXED_EXAMPLES
+  premixed = list(task.get_dataset(None, split='train', use_cached=True, shuffle=False)
+                  .take(300).as_numpy_iterator())
+  mixture = seqio.get_mixture_or_task(sample.TRAIN_MIXTURE)
+  mixed = list(mixture.get_dataset(None, split='train', use_cached=True, shuffle=True,
+                                   seed=sample.PREMIX_SEED, log_mixing_proportions=False)
+               .take(300).as_numpy_iterator())
+  _assert_same(premixed, mixed)
+  # Many tasks' rows (a prefix of 6 pieces is a template's opening words), not one task's.
+  assert len({tuple(ex['inputs'][:6]) for ex in premixed}) > 40
+
+
 def test_use_cached_without_a_cache_names_the_fix(tmp_path):
   """runner.check_cached: the error names the task and the command that builds the cache;
   after building it and passing its folder (--seqio_additional_cache_dirs) the check passes."""

@@ -112,6 +112,11 @@ def test_score_fn_through_seqio_matches_hand_rank_classification(setup_and_param
   # batch 8 with 3 rows per task left over: the last batch is padded.
   ev = evaluate.Evaluation(setup, MIXTURE, batch_size=8, output_dir=str(tmp_path),
                            per_step_subdir=True)
+  # The batches take the distinct-inputs path (two choices a row pair; 4 = B/2 inputs).
+  assert ev._distinct_input_sizes == (4,)
+  first = next(evaluate.batches_from_enumerated(ev.evaluator.cached_model_datasets[TASKS[0]],
+                                                8))[1]
+  assert evaluate.distinct_inputs(first['encoder_input_tokens'], (4,)) is not None
   flat = ev.run(params, step=7)
   assert ev.task_feature_lengths == LENGTHS
   for task in TASKS:
@@ -134,6 +139,23 @@ def test_score_fn_through_seqio_matches_hand_rank_classification(setup_and_param
   assert set(results['retrieval']) == set(results['datasets'])
   assert flat['overall/mean'] == pytest.approx(
       np.mean([flat[f'{t}/accuracy'] for t in TASKS]))
+
+
+def test_distinct_inputs_index_back_to_the_batch():
+  rng = np.random.default_rng(0)
+  inputs = rng.integers(1, 50, size=(5, 6))
+  rows = np.repeat(inputs, [3, 1, 2, 1, 1], axis=0)    # answer choices share an input
+  rows = rows[rng.permutation(len(rows))]
+  for sizes, expected in (((2, 4), None), ((4, 8), 8), ((8, 16), 8)):
+    got = evaluate.distinct_inputs(rows, sizes)
+    if expected is None:
+      assert got is None
+      continue
+    unique, index = got
+    assert unique.shape == (expected, 6) and index.dtype == np.int32
+    np.testing.assert_array_equal(unique[index], rows)
+    assert len(np.unique(unique, axis=0)) == 5         # padding repeats a real input
+  assert evaluate.distinct_inputs(rows, ()) is None
 
 
 def test_batches_pad_last_batch_with_real_rows():

@@ -201,6 +201,10 @@ def test_score_batch_matches_pytorch_t5(tmp_path):
   scores = np.asarray(jax.jit(model.score_batch)(params, batch))
   normed = np.asarray(jax.jit(functools.partial(model.score_batch, length_normalize=True))(
       params, batch))
+  # The evaluator's form: each distinct input encoded once (two here), rows index them.
+  distinct = dict(batch, encoder_input_tokens=batch['encoder_input_tokens'][2:])
+  shared = np.asarray(jax.jit(model.score_batch)(
+      params, distinct, input_index=jnp.asarray([0, 0, 0, 1], jnp.int32)))
 
   enc = torch.tensor(np.asarray(batch['encoder_input_tokens']), dtype=torch.long)
   tgt = np.asarray(batch['decoder_target_tokens'])
@@ -211,6 +215,7 @@ def test_score_batch_matches_pytorch_t5(tmp_path):
   tok = np.take_along_axis(logp, tgt[..., None], -1)[..., 0] * (tgt > 0)
   ref = tok.sum(-1)
   np.testing.assert_allclose(scores, ref, atol=1e-4, rtol=0)
+  np.testing.assert_allclose(shared, ref, atol=1e-4, rtol=0)
   np.testing.assert_allclose(normed, ref / (tgt > 0).sum(-1), atol=1e-4, rtol=0)
   assert np.ptp(ref) > 0.1, 'choices should get clearly different scores'
 
@@ -218,10 +223,19 @@ def test_score_batch_matches_pytorch_t5(tmp_path):
 def test_score_batch_with_spt_returns_retrieval(spt):
   net, params, batch = spt
   model = models.EncoderDecoderModel(net)
-  scores, retrieval = jax.jit(functools.partial(model.score_batch, return_retrieval=True))(
-      params, batch)
+  score = jax.jit(functools.partial(model.score_batch, return_retrieval=True))
+  scores, retrieval = score(params, batch)
   assert scores.shape == (3,) and np.all(np.asarray(scores) < 0)
   assert retrieval['indices'].shape == (3, SPT.top_k)
+  # Inputs encoded once each (prompts and retrieval included): the rows' scores and slots.
+  index = np.asarray([1, 0, 2, 1], np.int32)
+  tokens = np.asarray(batch['encoder_input_tokens'])
+  expanded = {k: np.asarray(v)[index] for k, v in batch.items()}
+  shared, shared_retrieval = score(params, dict(expanded, encoder_input_tokens=tokens),
+                                   input_index=jnp.asarray(index))
+  np.testing.assert_allclose(shared, np.asarray(scores)[index], rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(shared_retrieval['indices'],
+                                np.asarray(retrieval['indices'])[index])
   # Consistent with the training loss: the loss's CE is the negated sum of the scores.
   loss, m = jax.jit(models.EncoderDecoderModel(net, z_loss=0.0).loss_fn)(params, batch, None)
   np.testing.assert_allclose(float(m['cross_ent_loss']), -float(np.sum(scores)), rtol=1e-5)

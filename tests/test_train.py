@@ -302,7 +302,7 @@ def test_gin_configs_parse_and_bind_trainer():
     runner.parse_gin([f'methods/{method}.gin', 'runs/local.gin'],
                      ["MODEL_DIR = '/tmp/unused'"], ['gin'], finalize=False)
     assert gin.query_parameter('train.trainable') == trainable
-    assert gin.query_parameter('%MIXTURE_OR_TASK_NAME') == 'spt_sample_train'
+    assert gin.query_parameter('%MIXTURE_OR_TASK_NAME') == 'spt_sample_train_premixed'
     model = gin_configurables.create_model()
     assert model.network.config.emb_dim == 64 and model.network.config.num_encoder_layers == 2
     pc = model.network.prompt_config
