@@ -371,10 +371,10 @@ class Evaluation:
   # ---------------------------------------------------------------------- model fns
   def _model_batches(self, ds):
     for idx, feats, n in batches_from_enumerated(ds, self.batch_size):
-      local = _process_rows(feats, self.batch_size, self.setup.mesh)
-      yield idx, partitioning.shard_batch(local, self.setup.mesh, self.batch_size), n
+      yield idx, self._shard(feats, self.batch_size), n
 
   def _shard(self, features: Mapping[str, np.ndarray], size: int) -> dict[str, jax.Array]:
+    """A global batch of `size` rows (every process holds all of them) on the mesh."""
     local = _process_rows(features, size, self.setup.mesh)
     return partitioning.shard_batch(local, self.setup.mesh, size)
 

@@ -13,8 +13,9 @@ What is stored is the task's output just before its `seqio.CacheDatasetPlacehold
 (`Task.preprocess_precache`): rendered and tokenized examples, so a cached read runs no
 Python (no template rendering, no tokenizer) and only the preprocessors after the
 placeholder (none for the sample tasks, which cache their EOS too). seqio's own writer
-(`seqio.scripts.cache_tasks_main`) needs Apache Beam; this one writes the same layout from a plain loop, keeps the source order (Beam
-reshuffles) and writes each task into a temporary folder renamed into place when complete.
+(`seqio.scripts.cache_tasks_main`) needs Apache Beam; this one writes the same layout from a
+plain loop, keeps the source order (Beam reshuffles) and writes each task into a temporary
+folder renamed into place when complete.
 
   python -m spt_tasks.cache --module=spt_tasks.sample --tasks='sample_.*' \
     --cache_dir=/tmp/seqio_cache

@@ -572,9 +572,8 @@ def _register_dataset(spec: SampleDataset, vocabulary=None) -> dict[str, list[st
     # with the sample vocabulary, so only tasks registered with it can be read from the cache.
     # EOS is cached too (it does not depend on the feature lengths): a cached read then runs
     # no preprocessor, one tf.data map fewer per task to build and start.
-    cacheable = (vocabulary or _VOCABULARY[0]) is SAMPLE_VOCABULARY
     tokenize = ([seqio.preprocessors.tokenize, seqio.preprocessors.append_eos]
-                + ([seqio.CacheDatasetPlaceholder()] if cacheable else []))
+                + _cache_placeholder(vocabulary))
     seqio.TaskRegistry.remove(name)
     seqio.TaskRegistry.add(name, source=source, preprocessors=[render] + tokenize,
                            output_features=_output_features(vocabulary), metric_fns=[_accuracy],
@@ -613,14 +612,19 @@ def _premixed_dataset_fn(split: str, shuffle_files: bool, seed: Optional[int] = 
   return ds.take(PREMIXED_EXAMPLES)
 
 
+def _cache_placeholder(vocabulary=None) -> list[seqio.CacheDatasetPlaceholder]:
+  """[the placeholder] for tasks of the sample vocabulary, whose cache setup writes; else []."""
+  return ([seqio.CacheDatasetPlaceholder()]
+          if (vocabulary or _VOCABULARY[0]) is SAMPLE_VOCABULARY else [])
+
+
 def _register_premixed(vocabulary=None) -> None:
-  cacheable = (vocabulary or _VOCABULARY[0]) is SAMPLE_VOCABULARY
   seqio.TaskRegistry.remove(PREMIXED_TRAIN_TASK)
   seqio.TaskRegistry.add(
       PREMIXED_TRAIN_TASK,
       source=seqio.FunctionDataSource(_premixed_dataset_fn, splits=('train',),
                                       num_input_examples={'train': PREMIXED_EXAMPLES}),
-      preprocessors=[seqio.CacheDatasetPlaceholder()] if cacheable else [],
+      preprocessors=_cache_placeholder(vocabulary),
       output_features=_output_features(vocabulary), shuffle_buffer_size=SHUFFLE_BUFFER_SIZE)
 
 
