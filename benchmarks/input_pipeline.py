@@ -117,7 +117,7 @@ def train_step_consumption(batch, steps: int) -> dict:
     root.setLevel(level)
   from spt_jax import gin_configurables  # pylint: disable=g-import-not-at-top
   model = gin_configurables.create_model()  # the gin-configured runner.create_model
-  trainable = gin.query_parameter('train.trainable')
+  trainable = gin.query_parameter('configs.OptimizerConfig.trainable')
   lengths = gin.query_parameter('%TASK_FEATURE_LENGTHS')
   mesh = partitioning.create_mesh(devices=jax.devices()[:1])
   row = train_throughput.bench_step('spt (tiny)', model, trainable, batch, mesh, steps, lengths)

@@ -22,12 +22,12 @@ Stage 1 (multitask training on the training clusters, paper setting (i); everyth
 Stage 2 (transfer, paper experiment (ii) in miniature; `gin/validity/transfer.gin`): each
 stage-1 `prompt_tuning`, `spt` and `spt_fixed_random` run's final checkpoint is restored
 with INITIAL_CHECKPOINT_FORMAT = 'orbax' (trained soft prompt and memory bank kept), the
-backbone is frozen (`train.trainable = 'prompts_only'`) and the prompts are tuned on 32
-training rows of each held-out dataset (`spt_tasks/sample_fewshot.py`), Adafactor at 0.3 for
-TRANSFER_STEPS steps, then evaluated as in stage 1.
+backbone is frozen (`configs.OptimizerConfig.trainable = 'prompts_only'`) and the prompts are
+tuned on 32 training rows of each held-out dataset (`spt_tasks/sample_fewshot.py`), Adafactor
+at 0.3 for TRANSFER_STEPS steps, then evaluated as in stage 1.
 
-Every run is repeated over seeds (`train.seed`: initialisation and data order; a stage-2
-run of seed s starts from the stage-1 run of seed s). The questions:
+Every run is repeated over seeds (`train/configs.DatasetConfig.seed`: initialisation and data
+order; a stage-2 run of seed s starts from the stage-1 run of seed s). The questions:
 
 1. Transfer: held-out accuracy by rank classification (mean over templates per dataset;
    mean ± std over seeds; per dataset and averaged), zero-shot after stage 1 and after the
@@ -107,6 +107,7 @@ import gin
 import jax
 import numpy as np
 
+from spt_jax import configs
 from spt_jax import evaluate as evaluate_lib
 from spt_jax import gin_configurables
 from spt_jax import logs
@@ -135,7 +136,8 @@ COMPARISONS = (('spt', 'prompt_tuning'), ('spt', 'spt_fixed_random'),
 
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Results directory (created; a rerun '
                                   'with the same directory skips finished runs).')
-_SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Training seeds (train.seed).')
+_SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'],
+                           'Training seeds (train/configs.DatasetConfig.seed).')
 _STEPS = flags.DEFINE_integer('steps', None, 'Stage-1 training steps (default: TRAIN_STEPS of '
                               'gin/validity/base.gin).')
 _TRANSFER_STEPS = flags.DEFINE_integer('transfer_steps', None, 'Stage-2 steps (default: '
@@ -543,7 +545,8 @@ def run_one(config: MethodConfig, seed: int, run_dir: str, settings: Settings, e
   def eval_factory(setup: runner.ModelSetup):
     captured['setup'] = setup
     captured['evaluation'] = evaluate_lib.Evaluation(
-        setup, eval_mixture, batch_size=settings.eval_batch_size,
+        setup, configs.DatasetConfig(eval_mixture, batch_size=settings.eval_batch_size,
+                                     split='validation', seed=42),
         output_dir=os.path.join(run_dir, 'eval'), per_step_subdir=True,
         title=f'{title}: held-out sample tasks', evaluator=evaluator)
     model = setup.model
@@ -584,8 +587,11 @@ def run_one(config: MethodConfig, seed: int, run_dir: str, settings: Settings, e
                  stats['train']['unused_fraction'], stats['eval']['entropy_ratio'])
 
   t0 = time.time()
+  # The gin-built training data with this run's seed (it also seeds initialisation).
+  with gin.config_scope('train'):
+    dataset_cfg = dataclasses.replace(gin_configurables.DatasetConfig(), seed=seed)
   result = gin_configurables.train(
-      model_dir=run_dir, seed=seed, train_steps=train_steps, hooks=[probe_hook],
+      model_dir=run_dir, dataset_cfg=dataset_cfg, train_steps=train_steps, hooks=[probe_hook],
       eval_hook_factory=eval_factory, eval_every_steps=0)
   wall = time.time() - t0
   if 'eval_step' not in captured:
@@ -1428,7 +1434,7 @@ def run_experiment(output_dir: str, methods: Sequence[str] = METHODS,
                                 initial_checkpoint='(stage 1)'), gin_search_paths)
     transfer_steps = int(transfer_steps or gin.query_parameter('%TRANSFER_STEPS'))
     transfer_mixture = gin.query_parameter('%MIXTURE_OR_TASK_NAME')
-    transfer_lr = gin.query_parameter('train.learning_rate')
+    transfer_lr = gin.query_parameter('configs.OptimizerConfig.learning_rate')
   logging.info('Settings %s; lengths %s; %d steps of batch %d; transfer %s steps %s; SPT '
                'prefix %d; eval %s', settings, lengths, train_steps, batch_size,
                transfer_methods, transfer_steps, prefix, eval_mixture)

@@ -1,450 +1,139 @@
-"""Import of pretrained T5 checkpoints (HF transformers, T5X, orbax) into our tree.
+"""Checkpoint discovery and restore, for every format: the one place that finds and reads one.
 
-Researchers start SPT from pretrained T5 weights (T5.1.1, T5.1.1 LM-adapted, T0). Those are
-published either as HF transformers directories or as T5X checkpoints; this module turns both
-into the parameter tree of `spt_jax.network.Transformer`, which is exactly T5X's:
+Formats (`FORMATS`): 'orbax' (spt_jax runs: `MODEL_DIR/checkpoints/<step>/{state,metadata}`,
+written by `train_state.Checkpointer`), 'hf' (a transformers T5 folder) and 't5x' (a T5X
+`checkpoint_<step>` directory, orbax or legacy msgpack, or a T5X model directory).
 
-  token_embedder/embedding                              [vocab, emb]
-  encoder/relpos_bias/rel_embedding                     [heads, buckets]
-  encoder/layers_{i}/pre_attention_layer_norm/scale     [emb]
-  encoder/layers_{i}/attention/{query,key,value}/kernel [emb, heads * head_dim]
-  encoder/layers_{i}/attention/out/kernel               [heads * head_dim, emb]
-  encoder/layers_{i}/pre_mlp_layer_norm/scale           [emb]
-  encoder/layers_{i}/mlp/{wi_0,wi_1 | wi}/kernel        [emb, mlp]
-  encoder/layers_{i}/mlp/wo/kernel                      [mlp, emb]
-  encoder/encoder_norm/scale                            [emb]
-  decoder/relpos_bias/rel_embedding                     [heads, buckets]
-  decoder/layers_{i}/pre_self_attention_layer_norm/scale, self_attention/...,
-      pre_cross_attention_layer_norm/scale, encoder_decoder_attention/...,
-      pre_mlp_layer_norm/scale, mlp/...
-  decoder/decoder_norm/scale                            [emb]
-  decoder/logits_dense/kernel                           [emb, vocab]   (untied only)
+* Discovery: `step_dirs` (the finished `<step>` directories of a run, the one disk scan of
+  them), `is_run_dir`, `step_of` (the step a directory's name states), `t5x_checkpoint_steps`,
+  `detect_format` (the format a directory plainly holds) and `check_checkpoint` (a bad path or
+  format setting fails before any model or data work, naming the gin macro to fix).
+* Restore: `restore` places a checkpoint's parameters on a `runner.ModelSetup`'s mesh (the one
+  restore path of train's initial checkpoint, evaluate and infer): it resolves the run / step,
+  reads the format (`checkpoint_readers`), checks names and shapes against the model
+  (`check_params_match`, `CheckpointMismatchError` naming every offending parameter), keeps the
+  fresh value of parameters pretrained checkpoints lack (the SPT soft prompt and memory bank)
+  and redraws sampled-vocabulary prompts from the imported embedding.
 
-Loaders return plain nested dicts of host numpy arrays (float32 unless asked otherwise).
-Tensors are read one at a time (safetensors `safe_open`, `torch.load(mmap=True)`, tensorstore),
-so importing an 11B checkpoint needs about its size in host memory, not twice that.
-
-`restore_params` checks a loaded tree against the tree the model expects (names and shapes,
-optionally keeping the initial value of parameters that pretrained checkpoints do not have,
-such as the SPT soft prompt and memory bank) and raises `CheckpointMismatchError` naming every
-offending parameter with its expected and found shape.
+Resuming a run's full train state (optimizer, step, RNG) is `train_state.Checkpointer`'s, which
+asks `step_dirs` what is on disk.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import pathlib
 import re
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from absl import logging
 import flax
-from flax import traverse_util
 import jax
 import numpy as np
 
+from spt_jax import checkpoint_readers as readers
 from spt_jax import network
 
 Params = dict[str, Any]
 PathLike = str | os.PathLike
 
-# HF `feed_forward_proj` -> T5X `mlp_activations`. HF 'gated-gelu' uses gelu_new (tanh
-# approximation), which is what `nn.gelu` computes by default. HF's plain 'gelu' is the exact
-# erf GELU that T5X's MLP does not offer, so it is refused rather than silently changed.
-HF_ACTIVATIONS: dict[str, tuple[str, ...]] = {
-    'relu': ('relu',),
-    'gated-gelu': ('gelu', 'linear'),
-    'gated-relu': ('relu', 'linear'),
-    'silu': ('silu',),
-    'gated-silu': ('silu', 'linear'),
-}
-
-# HF tensors that carry no information of their own: tied copies of the shared embedding and
-# the unused relative bias some old checkpoints (t5-small) keep in the first cross-attention.
-_HF_IGNORED = (
-    re.compile(r'^(encoder|decoder)\.embed_tokens\.weight$'),
-    re.compile(r'^decoder\.block\.0\.layer\.1\.EncDecAttention\.relative_attention_bias\.weight$'),
-)
+# The tree helpers and the readers every caller uses through this module.
+flatten = readers.flatten
+unflatten = readers.unflatten
+load_hf_t5 = readers.load_hf_t5
 
 # Parameters that pretrained checkpoints never hold: SPT's soft prompt and memory bank.
 PROMPT_PARAM_REGEXES = (r'^encoder/soft_prompt/', r'^encoder/memory_bank/')
 
 
-class CheckpointMismatchError(ValueError):
-  """A checkpoint does not fit the model: missing, unexpected or wrongly shaped parameters."""
+CheckpointMismatchError = readers.CheckpointMismatchError
 
 
-# ----------------------------------------------------------------------------- tree helpers
+# ----------------------------------------------------------------------------- discovery
 
-
-def flatten(tree: Mapping[str, Any]) -> dict[str, Any]:
-  """Nested dict -> {'a/b/c': leaf}. Boxed leaves (nn.Partitioned) stay whole."""
-  return traverse_util.flatten_dict(flax.core.unfreeze(tree), sep='/')
-
-
-def unflatten(flat: Mapping[str, Any]) -> Params:
-  return traverse_util.unflatten_dict(dict(flat), sep='/')
-
-
-def _unbox(leaf: Any) -> Any:
-  return leaf.unbox() if isinstance(leaf, flax.core.meta.AxisMetadata) else leaf
-
-
-def _shape(leaf: Any) -> tuple[int, ...]:
-  return tuple(np.shape(_unbox(leaf)))
-
-
-# ----------------------------------------------------------------------------- expected shapes
-
-
-def t5x_param_shapes(config: network.T5Config) -> dict[str, tuple[int, ...]]:
-  """Flat {path: shape} of the backbone parameters T5X (and our network) make for `config`.
-
-  Used to check imported tensors as they are read, so that a config.json that disagrees with
-  its weights fails on the first tensor with both shapes named.
-  """
-  emb, heads, head_dim, mlp = (config.emb_dim, config.num_heads, config.head_dim,
-                               config.mlp_dim)
-  joined = heads * head_dim
-  shapes: dict[str, tuple[int, ...]] = {
-      'token_embedder/embedding': (config.vocab_size, emb),
-      'encoder/relpos_bias/rel_embedding': (heads, config.relative_attention_num_buckets),
-      'encoder/encoder_norm/scale': (emb,),
-      'decoder/relpos_bias/rel_embedding': (heads, config.relative_attention_num_buckets),
-      'decoder/decoder_norm/scale': (emb,),
-  }
-  if not config.logits_via_embedding:
-    shapes['decoder/logits_dense/kernel'] = (emb, config.vocab_size)
-  acts = tuple(config.mlp_activations)
-  wi_names = ['wi'] if len(acts) == 1 else [f'wi_{i}' for i in range(len(acts))]
-
-  def attention(prefix):
-    for name in ('query', 'key', 'value'):
-      shapes[f'{prefix}/{name}/kernel'] = (emb, joined)
-    shapes[f'{prefix}/out/kernel'] = (joined, emb)
-
-  def mlp_block(prefix):
-    for name in wi_names:
-      shapes[f'{prefix}/{name}/kernel'] = (emb, mlp)
-    shapes[f'{prefix}/wo/kernel'] = (mlp, emb)
-
-  for i in range(config.num_encoder_layers):
-    p = f'encoder/layers_{i}'
-    shapes[f'{p}/pre_attention_layer_norm/scale'] = (emb,)
-    attention(f'{p}/attention')
-    shapes[f'{p}/pre_mlp_layer_norm/scale'] = (emb,)
-    mlp_block(f'{p}/mlp')
-  for i in range(config.num_decoder_layers):
-    p = f'decoder/layers_{i}'
-    shapes[f'{p}/pre_self_attention_layer_norm/scale'] = (emb,)
-    attention(f'{p}/self_attention')
-    shapes[f'{p}/pre_cross_attention_layer_norm/scale'] = (emb,)
-    attention(f'{p}/encoder_decoder_attention')
-    shapes[f'{p}/pre_mlp_layer_norm/scale'] = (emb,)
-    mlp_block(f'{p}/mlp')
-  return shapes
-
-
-# ----------------------------------------------------------------------------- HF transformers
-
-
-def hf_config_to_t5(hf_config: Mapping[str, Any]) -> network.T5Config:
-  """Maps a HF `T5Config` (config.json dict) to our `network.T5Config`.
-
-  Raises:
-    ValueError: the checkpoint is not a T5 encoder-decoder, or its activation is unsupported.
-  """
-  model_type = hf_config.get('model_type', 't5')
-  if model_type not in ('t5', 'mt5'):
-    raise ValueError(f'config.json has model_type={model_type!r}; load_hf_t5 reads T5 / mT5 '
-                     'encoder-decoder checkpoints only (t5-v1_1-*, t5-*-lm-adapt, T0, t5-*).')
-  proj = hf_config.get('feed_forward_proj', 'relu')
-  if proj not in HF_ACTIVATIONS:
-    raise ValueError(
-        f'Unsupported activation feed_forward_proj={proj!r} in config.json: supported are '
-        f'{sorted(HF_ACTIVATIONS)} (HF "gelu" is the exact erf GELU, which the T5X MLP does '
-        'not implement; T5.1.1 checkpoints use "gated-gelu").')
-  num_layers = hf_config['num_layers']
-  num_decoder_layers = hf_config.get('num_decoder_layers') or num_layers
-  return network.T5Config(
-      vocab_size=hf_config['vocab_size'],
-      emb_dim=hf_config['d_model'],
-      num_heads=hf_config['num_heads'],
-      head_dim=hf_config['d_kv'],
-      mlp_dim=hf_config['d_ff'],
-      num_encoder_layers=num_layers,
-      num_decoder_layers=num_decoder_layers,
-      mlp_activations=HF_ACTIVATIONS[proj],
-      logits_via_embedding=bool(hf_config.get('tie_word_embeddings', True)),
-      relative_attention_num_buckets=hf_config.get('relative_attention_num_buckets', 32),
-      relative_attention_max_distance=hf_config.get('relative_attention_max_distance', 128),
-      dropout_rate=hf_config.get('dropout_rate', 0.1),
-      layer_norm_epsilon=hf_config.get('layer_norm_epsilon', 1e-6),
-  )
-
-
-def _hf_name_map(config: network.T5Config) -> dict[str, tuple[str, bool]]:
-  """{HF tensor name: (T5X path, transpose?)} for every backbone parameter."""
-  names: dict[str, tuple[str, bool]] = {
-      'shared.weight': ('token_embedder/embedding', False),
-      'encoder.final_layer_norm.weight': ('encoder/encoder_norm/scale', False),
-      'decoder.final_layer_norm.weight': ('decoder/decoder_norm/scale', False),
-      # HF keeps the bias table in layer 0 of each stack as [buckets, heads].
-      'encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight':
-          ('encoder/relpos_bias/rel_embedding', True),
-      'decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight':
-          ('decoder/relpos_bias/rel_embedding', True),
-  }
-  if not config.logits_via_embedding:
-    names['lm_head.weight'] = ('decoder/logits_dense/kernel', True)
-  gated = len(config.mlp_activations) > 1
-  hf_wi = ['wi_0', 'wi_1'] if gated else ['wi']
-
-  def attention(hf_prefix, t5x_prefix):
-    for hf, ours in (('q', 'query'), ('k', 'key'), ('v', 'value'), ('o', 'out')):
-      # torch Linear stores [out, in]; T5X kernels are [in, out].
-      names[f'{hf_prefix}.{hf}.weight'] = (f'{t5x_prefix}/{ours}/kernel', True)
-
-  def mlp_block(hf_prefix, t5x_prefix):
-    for name in hf_wi + ['wo']:
-      names[f'{hf_prefix}.{name}.weight'] = (f'{t5x_prefix}/{name}/kernel', True)
-
-  for i in range(config.num_encoder_layers):
-    hf, ours = f'encoder.block.{i}.layer', f'encoder/layers_{i}'
-    names[f'{hf}.0.layer_norm.weight'] = (f'{ours}/pre_attention_layer_norm/scale', False)
-    attention(f'{hf}.0.SelfAttention', f'{ours}/attention')
-    names[f'{hf}.1.layer_norm.weight'] = (f'{ours}/pre_mlp_layer_norm/scale', False)
-    mlp_block(f'{hf}.1.DenseReluDense', f'{ours}/mlp')
-  for i in range(config.num_decoder_layers):
-    hf, ours = f'decoder.block.{i}.layer', f'decoder/layers_{i}'
-    names[f'{hf}.0.layer_norm.weight'] = (f'{ours}/pre_self_attention_layer_norm/scale', False)
-    attention(f'{hf}.0.SelfAttention', f'{ours}/self_attention')
-    names[f'{hf}.1.layer_norm.weight'] = (f'{ours}/pre_cross_attention_layer_norm/scale',
-                                          False)
-    attention(f'{hf}.1.EncDecAttention', f'{ours}/encoder_decoder_attention')
-    names[f'{hf}.2.layer_norm.weight'] = (f'{ours}/pre_mlp_layer_norm/scale', False)
-    mlp_block(f'{hf}.2.DenseReluDense', f'{ours}/mlp')
-  return names
-
-
-class _SafetensorsFile:
-  """Lazy tensor access to one .safetensors file (bfloat16 included, which numpy lacks)."""
-
-  def __init__(self, path: pathlib.Path):
-    import safetensors  # pylint: disable=g-import-not-at-top
-    self._path = path
-    self._handle = safetensors.safe_open(str(path), framework='numpy')
-    self._file = self._handle.__enter__()
-    self._header = None
-
-  def keys(self) -> list[str]:
-    return list(self._file.keys())
-
-  def get(self, key: str) -> np.ndarray:
-    if self._file.get_slice(key).get_dtype() != 'BF16':
-      return self._file.get_tensor(key)
-    # numpy has no bfloat16, so safe_open(framework='numpy') refuses it: map the bytes with
-    # ml_dtypes instead (a view on the mmap, still one tensor at a time).
-    import ml_dtypes  # pylint: disable=g-import-not-at-top
-    if self._header is None:
-      with open(self._path, 'rb') as f:
-        n = int.from_bytes(f.read(8), 'little')
-        self._header = (8 + n, json.loads(f.read(n)))
-    base, header = self._header
-    info = header[key]
-    start, end = info['data_offsets']
-    mm = np.memmap(self._path, dtype=np.uint8, mode='r', offset=base + start,
-                   shape=(end - start,))
-    return mm.view(ml_dtypes.bfloat16).reshape(info['shape'])
-
-  def close(self):
-    self._handle.__exit__(None, None, None)
-
-
-class _TorchBinFile:
-  """Lazy tensor access to one pytorch_model*.bin (zip format memory-maps; legacy does not)."""
-
-  def __init__(self, path: pathlib.Path):
-    try:
-      import torch  # pylint: disable=g-import-not-at-top
-    except ImportError as e:
-      raise ImportError(f'{path} is a PyTorch .bin checkpoint; reading it needs torch '
-                        '(pip install -r requirements-dev.txt), or convert it to '
-                        'safetensors.') from e
-    self._torch = torch
-    try:
-      self._state = torch.load(path, map_location='cpu', mmap=True, weights_only=True)
-    except RuntimeError as e:
-      logging.warning('torch.load(mmap=True) failed for %s (%s); loading it whole (legacy '
-                      'non-zip format needs host memory for the full file).', path, e)
-      self._state = torch.load(path, map_location='cpu', weights_only=True)
-
-  def keys(self) -> list[str]:
-    return list(self._state.keys())
-
-  def get(self, key: str) -> np.ndarray:
-    t = self._state[key]
-    if t.dtype == self._torch.bfloat16:
-      import ml_dtypes  # pylint: disable=g-import-not-at-top
-      return t.view(self._torch.int16).numpy().view(ml_dtypes.bfloat16)
-    return t.numpy()
-
-  def close(self):
-    self._state = None
-
-
-def _hf_weight_files(path: pathlib.Path) -> tuple[list[pathlib.Path], Callable[[pathlib.Path],
-                                                                               Any]]:
-  """The weight files of a HF directory (sharded or not) and the opener for their format."""
-  candidates = [
-      ('model.safetensors.index.json', 'model.safetensors', _SafetensorsFile),
-      ('pytorch_model.bin.index.json', 'pytorch_model.bin', _TorchBinFile),
-  ]
-  for index_name, single_name, opener in candidates:
-    if (path / index_name).is_file():
-      weight_map = json.loads((path / index_name).read_text())['weight_map']
-      files = sorted(set(weight_map.values()))
-      missing = [f for f in files if not (path / f).is_file()]
-      if missing:
-        raise FileNotFoundError(f'{path / index_name} lists shard(s) {missing} that are not '
-                                'in the directory; download every shard.')
-      return [path / f for f in files], opener
-    if (path / single_name).is_file():
-      return [path / single_name], opener
-  raise FileNotFoundError(
-      f'No HF T5 weights in {path}: expected model.safetensors, pytorch_model.bin, or a '
-      'sharded *.index.json next to config.json (e.g. from save_pretrained or '
-      'huggingface_hub.snapshot_download).')
-
-
-def load_hf_t5(path: PathLike, dtype: Any = np.float32) -> tuple[network.T5Config, Params]:
-  """Loads a HF transformers T5 directory into our `T5Config` and T5X parameter tree.
-
-  Args:
-    path: directory with `config.json` and `model.safetensors` / `pytorch_model.bin`, or
-      their sharded variants with `*.index.json` (t5-v1_1-*, t5-*-lm-adapt, T0, t5-*).
-    dtype: dtype of the returned arrays (params stay float32 in training; the checkpoint may be
-      bfloat16 or float16).
-
-  Returns:
-    (config, params): params a nested dict of numpy arrays shaped as `t5x_param_shapes`.
-
-  Raises:
-    FileNotFoundError: no config.json or no weights.
-    ValueError: not a T5 checkpoint or unsupported activation.
-    CheckpointMismatchError: tensors missing, unexpected, or shaped unlike config.json says.
-  """
-  path = pathlib.Path(path)
-  if not (path / 'config.json').is_file():
-    raise FileNotFoundError(f'{path / "config.json"} not found: load_hf_t5 wants a HF T5 '
-                            'model directory (config.json + weights).')
-  config = hf_config_to_t5(json.loads((path / 'config.json').read_text()))
-  name_map = _hf_name_map(config)
-  shapes = t5x_param_shapes(config)
-  files, opener = _hf_weight_files(path)
-
-  flat: dict[str, np.ndarray] = {}
-  unexpected: list[str] = []
-  problems: list[str] = []
-  misshapen: set[str] = set()
-  fallback_embedding = None
-  for file in files:
-    reader = opener(file)
-    try:
-      for key in reader.keys():
-        if key == 'lm_head.weight' and config.logits_via_embedding:
-          continue  # a copy of shared.weight, saved by some exporters
-        if key not in name_map:
-          if any(p.match(key) for p in _HF_IGNORED):
-            if key == 'encoder.embed_tokens.weight' and fallback_embedding is None:
-              fallback_embedding = (file, key)
-            continue
-          unexpected.append(key)
-          continue
-        target, transpose = name_map[key]
-        array = reader.get(key)
-        found = tuple(array.shape[::-1] if transpose else array.shape)
-        if found != shapes[target]:
-          problems.append(f'{target} (from HF {key}): expected shape {shapes[target]}, found '
-                          f'{found} (HF shape {tuple(array.shape)})')
-          misshapen.add(target)
-          continue
-        array = array.T if transpose else array
-        flat[target] = np.ascontiguousarray(array, dtype=dtype)
-        del array
-    finally:
-      reader.close()
-
-  if 'token_embedder/embedding' not in flat and fallback_embedding is not None:
-    # Some exporters (encoder-only saves) keep only the per-stack embedding copies.
-    reader = opener(fallback_embedding[0])
-    try:
-      flat['token_embedder/embedding'] = np.asarray(reader.get(fallback_embedding[1]),
-                                                    dtype=dtype)
-    finally:
-      reader.close()
-  missing = [f'{target} (HF {key}): expected shape {shapes[target]}, not in checkpoint'
-             for key, (target, _) in name_map.items()
-             if target not in flat and target not in misshapen]
-  problems = missing + problems + [
-      f'{key}: unexpected tensor in checkpoint (no T5X parameter for it; is this a T5 '
-      'encoder-decoder with the config.json next to it?)' for key in unexpected]
-  if problems:
-    raise CheckpointMismatchError(f'HF checkpoint {path} does not match its config.json '
-                                  f'({config}):\n  ' + '\n  '.join(problems))
-  logging.info('Loaded HF T5 checkpoint %s: %d tensors.', path, len(flat))
-  return config, unflatten(flat)
-
-
-# ----------------------------------------------------------------------------- T5X
-
-
-def _is_tensorstore_spec(x: Any) -> bool:
-  return isinstance(x, dict) and 'driver' in x and 'kvstore' in x
-
-
-def _absolute_spec(spec: dict[str, Any], ckpt_dir: pathlib.Path) -> dict[str, Any]:
-  """T5X stores tensorstore paths relative to the checkpoint dir; make them local absolute.
-
-  Only local directories are read (copy a GCS checkpoint with `gsutil -m cp -r` first). An
-  array whose spec names GCS is looked up by its folder name inside the local directory.
-  """
-  spec = json.loads(json.dumps(spec))  # deep copy of plain data
-  kvstore = spec['kvstore']
-  if isinstance(kvstore, str):  # very old specs: a bare path
-    kvstore = {'driver': 'file', 'path': kvstore}
-  rel = kvstore.get('path', '')
-  if kvstore.get('driver', 'file') not in ('file', 'gfile'):
-    rel = pathlib.PurePosixPath(rel).name
-  # T5X writes 'gfile' (its internal kvstore) or 'file'; both are local files here.
-  spec['kvstore'] = {'driver': 'file',
-                     'path': rel if os.path.isabs(rel) else str(ckpt_dir / rel)}
-  return spec
-
-
-def _read_tensorstore(spec: dict[str, Any], ckpt_dir: pathlib.Path, name: str) -> np.ndarray:
-  import tensorstore as ts  # pylint: disable=g-import-not-at-top
-  full = _absolute_spec(spec, ckpt_dir)
-  try:
-    store = ts.open(full, open=True).result()
-  except Exception as e:  # tensorstore raises ValueError / its own errors
-    raise FileNotFoundError(f'T5X checkpoint {ckpt_dir}: cannot open the tensorstore array of '
-                            f'{name} at {full["kvstore"]}: {e}') from e
-  return store.read().result()
-
-
+FORMATS = ('hf', 't5x', 'orbax')
+_FORMAT_HELP = ("'hf': a transformers T5 folder (config.json + model.safetensors or "
+                "pytorch_model.bin); 't5x': a T5X checkpoint_<step> folder (orbax state/ as "
+                "t5x.train writes it, or a legacy msgpack `checkpoint` file) or a T5X model dir "
+                "(latest step); 'orbax': an spt_jax run (MODEL_DIR) or one of its "
+                'checkpoints/<step> folders')
+RUN_CHECKPOINTS_SUBDIR = 'checkpoints'
 _T5X_STEP_DIR = re.compile(r'checkpoint_(\d+)')
 
 
-def _is_t5x_orbax_state(path: pathlib.Path) -> bool:
-  """Whether `path` is the orbax `state` item T5X's Checkpointer writes (PyTree metadata)."""
-  return path.is_dir() and (path / '_METADATA').is_file()
+def step_dirs(directory: PathLike) -> list[int]:
+  """The steps of the finished `<step>` directories in a checkpoints `directory`, ascending.
+
+  Read from disk: orbax's unfinished saves (`<step>.orbax-checkpoint-tmp-*`) do not count,
+  and neither does a step whose asynchronous save is still in flight.
+  """
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  directory = epath.Path(directory)
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if (
+      directory.is_dir()) else []
+
+
+def is_run_dir(path: PathLike) -> bool:
+  """Whether `path` is an spt_jax train run directory (MODEL_DIR: it has `checkpoints/`)."""
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  return (epath.Path(path) / RUN_CHECKPOINTS_SUBDIR).is_dir()
+
+
+def run_steps(run_dir: PathLike) -> list[int]:
+  """The checkpointed steps of an spt_jax run directory, ascending ([] if none)."""
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  return step_dirs(epath.Path(run_dir) / RUN_CHECKPOINTS_SUBDIR)
+
+
+def step_of(path: PathLike) -> int | None:
+  """The step a checkpoint directory's name states (`1200`, `checkpoint_1200`), else None."""
+  m = re.fullmatch(r'(?:checkpoint_)?(\d+)', pathlib.PurePath(os.fspath(path)).name)
+  return int(m.group(1)) if m else None
+
+
+def check_checkpoint(path: str | None, format: str,  # pylint: disable=redefined-builtin
+                     path_macro: str = 'INITIAL_CHECKPOINT_PATH',
+                     format_macro: str = 'INITIAL_CHECKPOINT_FORMAT',
+                     scratch_hint: bool = True) -> None:
+  """Fails fast, before any model or data work, on a bad checkpoint setting.
+
+  Checks that the format is known, that the path is set and exists, and that the directory
+  does not plainly hold another format than the one named (`detect_format`).
+
+  Args:
+    path: the checkpoint directory.
+    format: 'hf' | 't5x' | 'orbax'.
+    path_macro, format_macro: the gin macros the user set, named in the messages.
+    scratch_hint: mention `PATH = None` (train from scratch) as the other fix.
+
+  Raises:
+    ValueError: unknown format, an empty path, or the directory holds another format.
+    FileNotFoundError: the path does not exist.
+  """
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  if format not in FORMATS:
+    raise ValueError(f'{format_macro}={format!r} is not one of {FORMATS}: {_FORMAT_HELP}.')
+  if not path:
+    raise ValueError(f'{path_macro} is empty: set --gin.{path_macro}="\'/path\'" to an spt_jax '
+                     'run directory (MODEL_DIR), an orbax step directory, an HF T5 folder or '
+                     'a T5X checkpoint.')
+  if not epath.Path(path).exists():
+    raise FileNotFoundError(
+        f'{path_macro}={path!r} does not exist. Point it at a checkpoint directory '
+        f'({_FORMAT_HELP})' + (f' or set {path_macro} = None to train from scratch.'
+                               if scratch_hint else '.'))
+  detected = detect_format(path)
+  if detected is not None and detected != format:
+    raise ValueError(
+        f'{path_macro}={path!r} holds a {detected!r} checkpoint '
+        f'({FORMAT_MARKERS[detected]}) but {format_macro}={format!r}: set '
+        f"--gin.{format_macro}=\"'{detected}'\".")
 
 
 def _is_t5x_step_dir(path: pathlib.Path) -> bool:
   """A T5X `checkpoint_<step>` directory: legacy msgpack `checkpoint` or orbax `state/`."""
-  return (path / 'checkpoint').is_file() or _is_t5x_orbax_state(path / 'state')
+  return (path / 'checkpoint').is_file() or readers.is_t5x_orbax_state(path / 'state')
 
 
 def t5x_checkpoint_steps(model_dir: PathLike) -> list[int]:
@@ -467,7 +156,7 @@ def _t5x_step_dir(path: pathlib.Path) -> pathlib.Path:
   """`path` (step dir, its `checkpoint` file or `state/`, or a model dir) -> the step dir."""
   if path.is_file():
     return path.parent
-  if path.name == 'state' and _is_t5x_orbax_state(path):
+  if path.name == 'state' and readers.is_t5x_orbax_state(path):
     return path.parent
   if path.is_dir() and not _is_t5x_step_dir(path):
     steps = t5x_checkpoint_steps(path)
@@ -479,16 +168,16 @@ def _t5x_step_dir(path: pathlib.Path) -> pathlib.Path:
   return path
 
 
-def _load_t5x_orbax(state_dir: pathlib.Path, dtype: Any) -> Params:
-  """The `target` subtree (the parameters) of T5X's orbax `checkpoint_<step>/state`."""
-  target = _restore_orbax_subtree(state_dir, 'target')
-  return jax.tree.map(lambda a: _cast_float(np.asarray(a), dtype), target)
+def _latest_orbax_step_dir(path: pathlib.Path) -> pathlib.Path:
+  """`model_dir` or its `checkpoints/` -> the newest `<step>/` directory; else `path`."""
+  for base in (path, path / RUN_CHECKPOINTS_SUBDIR):
+    steps = step_dirs(base)
+    if steps:
+      return base / str(steps[-1])
+  return path
 
 
-def _cast_float(array: np.ndarray, dtype: Any) -> np.ndarray:
-  if np.issubdtype(array.dtype, np.floating) or array.dtype.name == 'bfloat16':
-    return array.astype(dtype)
-  return array
+# ----------------------------------------------------------------------------- reading
 
 
 def load_t5x(path: PathLike, dtype: Any = np.float32) -> Params:
@@ -517,12 +206,7 @@ def load_t5x(path: PathLike, dtype: Any = np.float32) -> Params:
   """
   path = pathlib.Path(path)
   step_dir = _t5x_step_dir(path)
-  if _is_t5x_orbax_state(step_dir / 'state') and not (step_dir / 'checkpoint').is_file():
-    logging.info('T5X orbax checkpoint %s.', step_dir)
-    return _load_t5x_orbax(step_dir / 'state', dtype)
-  ckpt_file = step_dir / 'checkpoint'
-  ckpt_dir = step_dir
-  if not ckpt_file.is_file():
+  if not _is_t5x_step_dir(step_dir):
     hint = ''
     if path.is_dir():
       steps = sorted(p.name for p in path.glob('checkpoint_*') if p.is_dir())
@@ -534,43 +218,7 @@ def load_t5x(path: PathLike, dtype: Any = np.float32) -> Params:
         'orbax state/ (what t5x.train writes) or a legacy msgpack `checkpoint` file, or a '
         f'model directory with such checkpoint_<step> directories{hint}. For spt_jax runs '
         "and other orbax trees use format 'orbax'.")
-  with open(ckpt_file, 'rb') as f:
-    try:
-      state = flax.serialization.msgpack_restore(f.read())
-    except Exception as e:  # msgpack raises several unrelated types
-      raise ValueError(f'{ckpt_file} is not a msgpack T5X checkpoint: {e}') from e
-  if 'optimizer' in state and 'target' in state['optimizer']:
-    target = state['optimizer']['target']
-  elif 'target' in state:
-    target = state['target']
-  else:
-    raise ValueError(f'{ckpt_file} has top-level keys {sorted(state)}; a T5X checkpoint has '
-                     "'optimizer' -> 'target' (the parameters).")
-  logging.info('T5X checkpoint %s: version %s.', ckpt_file, state.get('version'))
-
-  def read(node, prefix):
-    if _is_tensorstore_spec(node):
-      array = _read_tensorstore(node, ckpt_dir, prefix)
-    elif isinstance(node, dict):
-      return {k: read(v, f'{prefix}/{k}' if prefix else k) for k, v in node.items()}
-    else:
-      array = np.asarray(node)
-    return _cast_float(array, dtype)
-
-  return read(target, '')
-
-
-# ----------------------------------------------------------------------------- orbax
-
-
-def _latest_orbax_step_dir(path: pathlib.Path) -> pathlib.Path:
-  """`model_dir` or its `checkpoints/` -> the newest `<step>/` directory; else `path`."""
-  for base in (path, path / 'checkpoints'):
-    steps = [p for p in base.iterdir() if p.is_dir() and p.name.isdigit()] if base.is_dir() \
-        else []
-    if steps:
-      return max(steps, key=lambda p: int(p.name))
-  return path
+  return readers.read_t5x(step_dir, dtype)
 
 
 def load_orbax_params(path: PathLike, item: str | None = None) -> Params:
@@ -597,35 +245,7 @@ def load_orbax_params(path: PathLike, item: str | None = None) -> Params:
   if item and item_dir == path:
     raise FileNotFoundError(f'Orbax checkpoint {path} has no item {item!r}; items: '
                             f'{sorted(p.name for p in path.iterdir() if p.is_dir())}.')
-  return _restore_orbax_subtree(item_dir, 'params', required=False)
-
-
-def _restore_orbax_subtree(item_dir: pathlib.Path, key: str, required: bool = True) -> Params:
-  """Host numpy arrays of `tree[key]` of an orbax PyTree checkpoint (partial restore).
-
-  With `required=False` a tree without a top-level `key` is restored whole.
-  """
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  item_dir = item_dir.absolute()
-  checkpointer = ocp.PyTreeCheckpointer()
-  try:
-    metadata = checkpointer.metadata(item_dir)
-  except Exception as e:  # orbax raises several types for "not a checkpoint"
-    raise FileNotFoundError(f'{item_dir} is not an orbax PyTree checkpoint: {e}') from e
-  tree = metadata.item_metadata if hasattr(metadata, 'item_metadata') else metadata
-  tree = getattr(tree, 'tree', tree)
-  partial = isinstance(tree, Mapping) and key in tree
-  if required and not partial:
-    top = sorted(tree) if isinstance(tree, Mapping) else type(tree).__name__
-    raise ValueError(f'Orbax checkpoint {item_dir} has top-level entries {top}, no {key!r}; '
-                     f'a T5X state has {key!r} (the parameters) and \'state\'.')
-  wanted = {key: tree[key]} if partial else tree
-  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
-  restored = checkpointer.restore(
-      item_dir, args=ocp.args.PyTreeRestore(item=wanted, restore_args=restore_args,
-                                            partial_restore=partial))
-  params = restored[key] if partial else restored
-  return jax.tree.map(np.asarray, flax.core.unfreeze(params))
+  return readers.restore_orbax_subtree(item_dir, 'params', required=False)
 
 
 # ----------------------------------------------------------------------------- formats
@@ -656,10 +276,10 @@ def detect_format(path: PathLike) -> str | None:
   if (path / 'checkpoints').is_dir() or ((path / 'state').is_dir()
                                          and (path / 'metadata').is_dir()):
     return 'orbax'
-  if path.name == 'state' and _is_t5x_orbax_state(path) and path.parent.name.startswith(
+  if path.name == 'state' and readers.is_t5x_orbax_state(path) and path.parent.name.startswith(
       'checkpoint_'):
     return 't5x'
-  if _is_t5x_orbax_state(path / 'state') or t5x_checkpoint_steps(path):
+  if readers.is_t5x_orbax_state(path / 'state') or t5x_checkpoint_steps(path):
     return 't5x'
   return None
 
@@ -697,13 +317,14 @@ def check_params_match(expected: Mapping[str, Any], found: Mapping[str, Any],
       if any(p.search(name) for p in patterns):
         kept.append(name)
       else:
-        problems.append(f'{name}: missing from checkpoint (expected shape {_shape(exp[name])})')
-    elif _shape(exp[name]) != _shape(got[name]):
-      problems.append(f'{name}: expected shape {_shape(exp[name])}, found shape '
-                      f'{_shape(got[name])}')
+        problems.append(f'{name}: missing from checkpoint (expected shape '
+                        f'{readers.leaf_shape(exp[name])})')
+    elif readers.leaf_shape(exp[name]) != readers.leaf_shape(got[name]):
+      problems.append(f'{name}: expected shape {readers.leaf_shape(exp[name])}, found shape '
+                      f'{readers.leaf_shape(got[name])}')
   for name in sorted(set(got) - set(exp)):
     problems.append(f'{name}: unexpected parameter in checkpoint (found shape '
-                    f'{_shape(got[name])}; the model has no such parameter)')
+                    f'{readers.leaf_shape(got[name])}; the model has no such parameter)')
   if problems:
     raise CheckpointMismatchError(
         f'Checkpoint does not match the model ({len(problems)} problem(s)); check that the '
@@ -718,7 +339,8 @@ def _embedding_hint(expected: Mapping[str, Any], found: Mapping[str, Any]) -> st
   name = 'token_embedder/embedding'
   if name not in expected or name not in found:
     return ''
-  (v_exp, d_exp), (v_got, d_got) = _shape(expected[name]), _shape(found[name])
+  (v_exp, d_exp) = readers.leaf_shape(expected[name])
+  (v_got, d_got) = readers.leaf_shape(found[name])
   fixes = []
   if v_exp != v_got:
     fixes.append(f'network.T5Config.vocab_size = {v_got}  (the model has {v_exp}; the task '
@@ -804,7 +426,7 @@ def restore_params(path: PathLike, format: str, expected_params: Mapping[str, An
   flat_shardings = flatten(shardings) if shardings is not None else {}
   out = {}
   for name, leaf in exp.items():
-    init = _unbox(leaf)
+    init = readers.unbox(leaf)
     if name in kept:
       if isinstance(init, jax.ShapeDtypeStruct):
         raise ValueError(f'{name} is not in checkpoint {path} and must keep its initial value, '
@@ -821,14 +443,117 @@ def restore_params(path: PathLike, format: str, expected_params: Mapping[str, An
   return unflatten(out)
 
 
+@dataclasses.dataclass(frozen=True)
+class Restored:
+  """What `restore` read.
+
+  Attributes:
+    params: the parameters, placed with the setup's `param_shardings`.
+    step: the checkpoint's step (0 when neither the run nor the directory name states one).
+    kept: sorted paths the checkpoint did not hold; they keep their fresh (or redrawn) value.
+  """
+  params: Any
+  step: int
+  kept: tuple[str, ...] = ()
+
+
+def _orbax_step_dir(path: str, step: int | None) -> tuple[str, int]:
+  """An orbax run directory (+ step) or step directory -> (step directory, step)."""
+  if not is_run_dir(path):   # a step directory (or a plain orbax tree): its name's step
+    return path, step_of(path) or 0
+  steps = run_steps(path)
+  if not steps:
+    raise FileNotFoundError(f'{path}/{RUN_CHECKPOINTS_SUBDIR} holds no step directory: train '
+                            'first, or point CHECKPOINT_PATH at a checkpoint.')
+  if step is None:
+    step = steps[-1]
+  elif step not in steps:
+    raise FileNotFoundError(f'CHECKPOINT_STEP={step} is not in {path}/{RUN_CHECKPOINTS_SUBDIR} '
+                            f'(steps: {steps}).')
+  logging.info('Restoring step %d of run %s', step, path)
+  return os.path.join(path, RUN_CHECKPOINTS_SUBDIR, str(step)), step
+
+
+def restore(setup: Any, path: str, format: str = 'orbax', *,  # pylint: disable=redefined-builtin
+            step: int | None = None, params: Any = None, rng: jax.Array | None = None,
+            reinit_prompts: bool = True) -> Restored:
+  """A checkpoint's parameters fitted to a model and placed on its mesh: the one restore path.
+
+  Train (its initial checkpoint), evaluate and infer all read checkpoints through it.
+
+  Args:
+    setup: a `runner.ModelSetup` (the model, its abstract parameters and their shardings).
+    path: an spt_jax run directory (MODEL_DIR) or one of its `checkpoints/<step>` directories
+      ('orbax'), a transformers T5 folder ('hf'), a T5X `checkpoint_<step>` or model directory
+      ('t5x').
+    format: one of `FORMATS`.
+    step: with an orbax run directory, which checkpoint (None: the latest).
+    params: freshly initialised parameters: the checkpoint is restored over them, and those
+      it lacks (the SPT soft prompt and memory bank of a pretrained T5, or of a run of a
+      plain T5) keep their value. None: an 'orbax' checkpoint must hold every parameter of
+      the model; for 'hf' / 't5x' fresh parameters are drawn from `rng`.
+    rng: the key of the redrawn prompts (with `params`), or of the fresh parameters and the
+      redrawn prompts (without); default `PRNGKey(0)`.
+    reinit_prompts: after an 'hf' / 't5x' import, redraw the `sampled_vocab` prompts / memory
+      the checkpoint lacks from the *pretrained* embedding
+      (`prompts.init_prompts_from_embedding`); prompt parameters the checkpoint holds (a T5X
+      run of this network, gin/t5x/) keep its values.
+
+  Raises:
+    FileNotFoundError: no checkpoint there (or not that step).
+    ValueError: unknown format, or the directory holds another format.
+    CheckpointMismatchError: a parameter is missing or its shape differs, or (format 'hf')
+      the model config differs from config.json (the message names it).
+  """
+  path = os.fspath(path)
+  if format not in FORMATS:
+    raise ValueError(f"Unknown checkpoint format {format!r}: use one of {FORMATS}.")
+  if format == 'orbax':
+    path, step = _orbax_step_dir(path, step)
+  else:
+    step = step_of(path) or 0
+  rng = jax.random.PRNGKey(0) if rng is None else rng
+  if params is None and format == 'orbax':
+    found = load_orbax_params(path)
+    check_params_match(setup.abstract_params, found)
+    placed = jax.tree.map(lambda a, s: jax.device_put(np.asarray(a), s), found,
+                          setup.param_shardings)
+    return Restored(params=placed, step=int(step))
+  if params is None:
+    init_rng, rng = jax.random.split(rng)
+    params = setup.init_params(init_rng)
+  # The model config goes along so that an 'hf' import also checks what shapes cannot
+  # show (activation, relative-position buckets, epsilon) against config.json.
+  restored, kept = restore_params(path, format, params, shardings=setup.param_shardings,
+                                  config=setup.model.network.config, return_kept=True)
+  prompt_config = setup.model.network.prompt_config
+  if (reinit_prompts and format != 'orbax' and prompt_config is not None
+      and prompt_config.prefix_length and kept):
+    # Only prompt parameters the checkpoint lacks are redrawn: a T5X checkpoint of this
+    # very network (gin/t5x/) carries trained soft prompt and memory, which are kept.
+    from spt_jax import prompts  # pylint: disable=g-import-not-at-top
+    from_checkpoint = {
+        name: leaf for name, leaf in flatten(restored).items()
+        if name not in kept and any(re.search(p, name) for p in PROMPT_PARAM_REGEXES)}
+    restored = prompts.init_prompts_from_embedding(
+        restored, restored['token_embedder']['embedding'], prompt_config, rng)
+    if from_checkpoint:
+      logging.info('Prompt parameters kept from %s: %s', path, sorted(from_checkpoint))
+      flat = flatten(restored)
+      flat.update(from_checkpoint)
+      restored = unflatten(flat)
+  restored = jax.tree.map(jax.device_put, restored, setup.param_shardings)
+  return Restored(params=restored, step=int(step), kept=tuple(kept))
+
+
 def iter_params(tree: Mapping[str, Any]) -> Iterator[tuple[str, tuple[int, ...]]]:
   """(path, shape) of every leaf, sorted; handy for logging a loaded tree."""
   for name, leaf in sorted(flatten(tree).items()):
-    yield name, _shape(leaf)
+    yield name, readers.leaf_shape(leaf)
 
 
 __all__: Iterable[str] = (
-    'CheckpointMismatchError', 'FORMAT_MARKERS', 'HF_ACTIVATIONS', 'PROMPT_PARAM_REGEXES',
-    'check_config_match', 'check_params_match', 'detect_format',
-    'hf_config_to_t5', 'iter_params', 'load_hf_t5', 'load_orbax_params', 'load_t5x',
-    'restore_params', 't5x_checkpoint_steps', 't5x_param_shapes')
+    'CheckpointMismatchError', 'FORMATS', 'FORMAT_MARKERS', 'PROMPT_PARAM_REGEXES', 'Restored',
+    'check_checkpoint', 'check_config_match', 'check_params_match', 'detect_format',
+    'is_run_dir', 'iter_params', 'load_hf_t5', 'load_orbax_params', 'load_t5x', 'restore',
+    'restore_params', 'run_steps', 'step_dirs', 'step_of', 't5x_checkpoint_steps')

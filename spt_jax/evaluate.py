@@ -50,7 +50,6 @@ import collections
 import functools
 import json
 import os
-import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Optional
@@ -62,6 +61,7 @@ from absl import logging
 from etils import epath
 
 from spt_jax import checkpoints
+from spt_jax import configs
 from spt_jax import logs
 from spt_jax import models as models_lib
 from spt_jax import partitioning
@@ -69,86 +69,7 @@ from spt_jax import paths
 from spt_jax import results as results_lib
 from spt_jax import runner
 
-CHECKPOINT_FORMATS = ('orbax', 'hf', 't5x')
 SEQIO_LOG_SUBDIR = 'seqio'
-
-
-# ------------------------------------------------------------------------------------------
-# Checkpoints.
-# ------------------------------------------------------------------------------------------
-def check_checkpoint(path: str, format: str) -> None:  # pylint: disable=redefined-builtin
-  """Fails fast, before any data or model work, on a missing path or an unknown format.
-
-  Also when the directory plainly holds another format than CHECKPOINT_FORMAT names
-  (`checkpoints.detect_format`: e.g. an HF folder evaluated with the default 'orbax').
-  """
-  if format in CHECKPOINT_FORMATS and not path:
-    raise ValueError('CHECKPOINT_PATH is empty: set --gin.CHECKPOINT_PATH="\'/path\'" to an '
-                     'spt_jax run directory (MODEL_DIR), an orbax step directory, an HF T5 '
-                     'folder or a T5X checkpoint.')
-  runner.check_initial_checkpoint(path, format, path_macro='CHECKPOINT_PATH',
-                                  format_macro='CHECKPOINT_FORMAT', scratch_hint=False)
-
-
-def run_checkpoint_steps(run_dir: str) -> list[int]:
-  """Steps saved under `<run_dir>/checkpoints/`, ascending ([] if none)."""
-  directory = epath.Path(run_dir) / 'checkpoints'
-  if not directory.is_dir():
-    return []
-  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
-
-
-def is_train_run(path: str) -> bool:
-  """Whether `path` is an spt_jax train run directory (it has `checkpoints/`)."""
-  return (epath.Path(path) / 'checkpoints').is_dir()
-
-
-def checkpoint_step_of(path: str) -> Optional[int]:
-  """The step a checkpoint directory's name states (`1200`, `checkpoint_1200`), else None."""
-  m = re.fullmatch(r'(?:checkpoint_)?(\d+)', epath.Path(path).name)
-  return int(m.group(1)) if m else None
-
-
-def load_params(setup: runner.ModelSetup, path: str, format: str = 'orbax',  # pylint: disable=redefined-builtin
-                step: Optional[int] = None, seed: int = 0) -> tuple[Any, int]:
-  """Parameters of a checkpoint placed on the setup's mesh, and the step they are from.
-
-  Args:
-    setup: the model on its mesh.
-    path: see the module docstring (CHECKPOINT_PATH).
-    format: 'orbax' | 'hf' | 't5x'.
-    step: with an orbax run directory, which checkpoint (default: the latest).
-    seed: initialises the prompt / memory parameters an 'hf' / 't5x' checkpoint lacks.
-
-  Returns:
-    `(params, step)`; step is 0 when the checkpoint does not state one.
-
-  Raises:
-    FileNotFoundError: no checkpoint there (or not that step).
-    checkpoints.CheckpointMismatchError: the checkpoint does not fit the gin model config.
-  """
-  check_checkpoint(path, format)
-  if format == 'orbax':
-    if is_train_run(path):
-      steps = run_checkpoint_steps(path)
-      if not steps:
-        raise FileNotFoundError(f'{path}/checkpoints holds no step directory: train first, or '
-                                'point CHECKPOINT_PATH at a checkpoint.')
-      if step is None:
-        step = steps[-1]
-      elif step not in steps:
-        raise FileNotFoundError(f'CHECKPOINT_STEP={step} is not in {path}/checkpoints '
-                                f'(steps: {steps}).')
-      logging.info('Restoring step %d of run %s', step, path)
-      return setup.restore_params_from_run(path, step), step
-    found = checkpoints.load_orbax_params(path)
-    checkpoints.check_params_match(setup.abstract_params, found)
-    params = jax.tree.map(lambda a, s: jax.device_put(np.asarray(a), s), found,
-                          setup.param_shardings)
-    return params, checkpoint_step_of(path) or 0
-  init_rng, prompt_rng = jax.random.split(jax.random.PRNGKey(seed))
-  params = setup.load_initial_params(setup.init_params(init_rng), path, format, prompt_rng)
-  return params, checkpoint_step_of(path) or 0
 
 
 # ------------------------------------------------------------------------------------------
@@ -194,14 +115,6 @@ def _divides_mesh(rows: int, mesh: jax.sharding.Mesh) -> bool:
   except ValueError:
     return False
   return True
-
-
-def _process_rows(features: Mapping[str, np.ndarray], batch_size: int,
-                  mesh: jax.sharding.Mesh) -> dict[str, np.ndarray]:
-  """This process's rows of a global batch (every process iterates the whole eval set)."""
-  local = partitioning.host_local_batch_size(batch_size, mesh)
-  pid = jax.process_index() if jax.process_count() > 1 else 0
-  return {k: v[pid * local:(pid + 1) * local] for k, v in features.items()}
 
 
 def _example_ids(task_dataset, batch_size: int = 1024) -> Optional[np.ndarray]:
@@ -282,10 +195,7 @@ class Evaluation:
     task_feature_lengths: `{'inputs': T, 'targets': L}` of every batch.
   """
 
-  def __init__(self, setup: runner.ModelSetup, mixture_or_task_name: str, *,
-               split: str = 'validation', batch_size: int = 32,
-               task_feature_lengths: Optional[Mapping[str, int]] = None,
-               num_examples: Optional[int] = None, use_cached: bool = False, seed: int = 42,
+  def __init__(self, setup: runner.ModelSetup, dataset_cfg: configs.DatasetConfig, *,
                length_normalize: bool = False, decoding: str = 'greedy',
                num_decodes: int = 4, alpha: float = 0.6, metric: str = 'accuracy',
                output_dir: Optional[str] = None, per_step_subdir: bool = True,
@@ -294,10 +204,10 @@ class Evaluation:
 
     Args:
       setup: the model on its mesh.
-      mixture_or_task_name: registered seqio mixture or task.
-      split, num_examples, use_cached, seed: the eval data (`create_seqio_evaluator`).
-      batch_size: global batch size of the model calls.
-      task_feature_lengths: default: `setup.task_feature_lengths` (the training lengths).
+      dataset_cfg: the eval data (`configs.DatasetConfig`: mixture, split, global batch size
+        of the model calls, feature lengths, num_examples, cached tasks, seed; see
+        `create_seqio_evaluator`). Feature lengths None: `setup.task_feature_lengths` (the
+        training lengths).
       length_normalize: rank by mean instead of summed target log-likelihood.
       decoding, num_decodes, alpha: `EncoderDecoderModel.predict_batch` for generative tasks.
       metric: the per-task metric aggregated over templates / datasets.
@@ -308,8 +218,8 @@ class Evaluation:
       evaluator: an existing `seqio.Evaluator` for this mixture (its lengths then win).
     """
     self.setup = setup
-    self.mixture_or_task_name = mixture_or_task_name
-    self.batch_size = int(batch_size)
+    self.mixture_or_task_name = mixture_or_task_name = dataset_cfg.mixture_or_task_name
+    self.batch_size = int(dataset_cfg.batch_size)
     partitioning.host_local_batch_size(self.batch_size, setup.mesh)  # divisibility check
     self.length_normalize = bool(length_normalize)
     self.decoding, self.num_decodes, self.alpha = decoding, int(num_decodes), float(alpha)
@@ -319,9 +229,10 @@ class Evaluation:
     self.title = title
     if evaluator is None:
       evaluator = create_seqio_evaluator(
-          mixture_or_task_name, split=split,
-          task_feature_lengths=task_feature_lengths or setup.task_feature_lengths,
-          num_examples=num_examples, use_cached=use_cached, seed=seed,
+          mixture_or_task_name, split=dataset_cfg.split,
+          task_feature_lengths=dataset_cfg.task_feature_lengths or setup.task_feature_lengths,
+          num_examples=dataset_cfg.num_examples, use_cached=dataset_cfg.use_cached,
+          seed=dataset_cfg.seed,
           log_dir=(os.path.join(self.output_dir, SEQIO_LOG_SUBDIR) if self.output_dir
                    else None))
     self.evaluator = evaluator
@@ -375,7 +286,7 @@ class Evaluation:
 
   def _shard(self, features: Mapping[str, np.ndarray], size: int) -> dict[str, jax.Array]:
     """A global batch of `size` rows (every process holds all of them) on the mesh."""
-    local = _process_rows(features, size, self.setup.mesh)
+    local = partitioning.process_rows(features, size, self.setup.mesh)
     return partitioning.shard_batch(local, self.setup.mesh, size)
 
   def score_fn(self, ds, params) -> list[tuple[int, float]]:
@@ -524,23 +435,24 @@ class Evaluation:
     (path / 'task_metrics.json').write_text(json.dumps(raw, indent=2))
 
 
-def eval_hook_factory(mixture_or_task_name: str, model_dir: Optional[str] = None,
+def eval_hook_factory(dataset_cfg: configs.DatasetConfig, model_dir: Optional[str] = None,
                       **evaluation_kwargs) -> Callable[[runner.ModelSetup],
                                                        Callable[[Any, int], dict[str, float]]]:
   """`train.eval_hook_factory` for periodic evaluation during training.
 
   Args:
-    mixture_or_task_name: the eval mixture (e.g. 'spt_sample_heldout_score_eval').
+    dataset_cfg: the eval data (e.g. mixture 'spt_sample_heldout_score_eval'; feature
+      lengths None: the training ones).
     model_dir: the train run's MODEL_DIR; results go to `<model_dir>/eval/step_<N>`
       (None: metrics are only returned to the trainer, which logs them as `eval/...`).
-    **evaluation_kwargs: further `Evaluation` arguments (split, batch_size, num_examples, ...).
+    **evaluation_kwargs: further `Evaluation` arguments (length_normalize, metric, ...).
 
   Returns:
     `factory(setup) -> Evaluation(setup, ...).run`.
   """
   def factory(setup: runner.ModelSetup) -> Callable[[Any, int], dict[str, float]]:
     output_dir = os.path.join(paths.resolve(model_dir), 'eval') if model_dir else None
-    evaluation = Evaluation(setup, mixture_or_task_name, output_dir=output_dir,
+    evaluation = Evaluation(setup, dataset_cfg, output_dir=output_dir,
                             per_step_subdir=True, **evaluation_kwargs)
     return evaluation.run
   return factory
@@ -551,42 +463,31 @@ def eval_hook_factory(mixture_or_task_name: str, model_dir: Optional[str] = None
 # ------------------------------------------------------------------------------------------
 def evaluate(
     *,
-    mixture_or_task_name: str,
-    checkpoint_path: str,
-    checkpoint_format: str = 'orbax',
-    checkpoint_step: Optional[int] = None,
+    dataset_cfg: configs.DatasetConfig,
+    checkpoint_cfg: configs.RestoreCheckpointConfig,
     output_dir: Optional[str] = None,
-    split: str = 'validation',
-    batch_size: int = 32,
-    task_feature_lengths: Optional[Mapping[str, int]] = None,
-    num_examples: Optional[int] = None,
     model: Optional[models_lib.EncoderDecoderModel] = None,
-    num_partitions: int = 1,
-    mesh_shape: Optional[Sequence[int]] = None,
-    mesh: Optional[jax.sharding.Mesh] = None,
+    partitioner: partitioning.Partitioner = partitioning.Partitioner(),
     length_normalize: bool = False,
     decoding: str = 'greedy',
     num_decodes: int = 4,
     alpha: float = 0.6,
     metric: str = 'accuracy',
-    use_cached: bool = False,
-    seed: int = 42,
-    init_seed: int = 0,
 ) -> dict[str, Any]:
   """Evaluates one checkpoint on a mixture and writes the results (see the module docstring).
 
   Args:
-    mixture_or_task_name: registered seqio mixture / task (its registry is imported if needed).
-    checkpoint_path, checkpoint_format, checkpoint_step: the checkpoint (`load_params`).
+    dataset_cfg: the eval data (`configs.DatasetConfig`: mixture, split, global batch size,
+      feature lengths (None: the longest example), num_examples, cached tasks, seed); the
+      mixture's registry is imported if needed.
+    checkpoint_cfg: the checkpoint (`configs.RestoreCheckpointConfig`: path, format, step,
+      `init_seed` for prompt / memory parameters an 'hf' / 't5x' checkpoint lacks).
     output_dir: results directory; default `<run>/eval/step_<N>` for an orbax run directory or
       `<run>/eval/step_<N>` beside an orbax `checkpoints/<N>` directory; required otherwise.
-    split, batch_size, task_feature_lengths, num_examples, use_cached, seed: the eval data
-      (`Evaluation`); task_feature_lengths None means the longest example.
     model: the model; runs/eval.gin binds `@runner.create_model()` (configured by the same
       model / method gin files as training). None: `runner.create_model()` defaults.
-    num_partitions, mesh_shape, mesh: the device mesh (`partitioning.create_mesh`).
+    partitioner: the device mesh (`partitioning.Partitioner`).
     length_normalize, decoding, num_decodes, alpha, metric: see `Evaluation`.
-    init_seed: initialises prompt / memory parameters absent from an 'hf' / 't5x' checkpoint.
 
   Returns:
     `{'metrics': flat metrics, 'output_dir': str, 'step': int}`.
@@ -595,22 +496,25 @@ def evaluate(
     FileNotFoundError: no checkpoint at the path.
     ValueError: unknown mixture / format, or no output directory for an 'hf' / 't5x' path.
   """
+  mixture_or_task_name = dataset_cfg.mixture_or_task_name
+  checkpoint_format, checkpoint_step = checkpoint_cfg.format, checkpoint_cfg.step
   from spt_tasks import catalog  # pylint: disable=g-import-not-at-top
-  checkpoint_path = paths.resolve(checkpoint_path)
+  checkpoint_path = paths.resolve(checkpoint_cfg.path)
   output_dir = paths.resolve(output_dir)
-  check_checkpoint(checkpoint_path, checkpoint_format)
+  checkpoints.check_checkpoint(checkpoint_path, checkpoint_format, path_macro='CHECKPOINT_PATH',
+                               format_macro='CHECKPOINT_FORMAT', scratch_hint=False)
   catalog.ensure_registered(mixture_or_task_name)
   runner.get_mixture_or_task(mixture_or_task_name)
   checkpoint_path = os.fspath(checkpoint_path)
 
   step = checkpoint_step
-  if checkpoint_format == 'orbax' and is_train_run(checkpoint_path):
-    steps = run_checkpoint_steps(checkpoint_path)
+  if checkpoint_format == 'orbax' and checkpoints.is_run_dir(checkpoint_path):
+    steps = checkpoints.run_steps(checkpoint_path)
     if step is None and steps:
       step = steps[-1]
     run_dir = checkpoint_path
   else:
-    step = checkpoint_step_of(checkpoint_path) if step is None else step
+    step = checkpoints.step_of(checkpoint_path) if step is None else step
     parent = epath.Path(checkpoint_path).parent
     run_dir = os.fspath(parent.parent) if (
         checkpoint_format == 'orbax' and parent.name == 'checkpoints') else None
@@ -622,24 +526,25 @@ def evaluate(
     output_dir = os.path.join(run_dir, 'eval', f'step_{step if step is not None else 0}')
   output_dir = os.fspath(output_dir)
 
-  if mesh is None:
-    mesh = partitioning.create_mesh(num_partitions=num_partitions, mesh_shape=mesh_shape)
+  mesh = partitioner.create_mesh()
   model = model or runner.create_model()
   runner.check_vocabulary(mixture_or_task_name, model.network.config.vocab_size,
                           task_macro='EVAL_MIXTURE')
   evaluator = create_seqio_evaluator(
-      mixture_or_task_name, split=split, task_feature_lengths=task_feature_lengths,
-      num_examples=num_examples, use_cached=use_cached, seed=seed,
-      log_dir=os.path.join(output_dir, SEQIO_LOG_SUBDIR))
+      mixture_or_task_name, split=dataset_cfg.split,
+      task_feature_lengths=dataset_cfg.task_feature_lengths,
+      num_examples=dataset_cfg.num_examples, use_cached=dataset_cfg.use_cached,
+      seed=dataset_cfg.seed, log_dir=os.path.join(output_dir, SEQIO_LOG_SUBDIR))
   lengths = feature_lengths_of(evaluator)
   logging.info('Evaluating %s (%s split) with feature lengths %s, batch %d on mesh %s',
-               mixture_or_task_name, split, lengths, batch_size, dict(mesh.shape))
-  setup = runner.ModelSetup.create(model, lengths, mesh=mesh)
-  params, loaded_step = load_params(setup, checkpoint_path, checkpoint_format,
-                                    step=checkpoint_step, seed=init_seed)
-  step = loaded_step if step is None else step
-  evaluation = Evaluation(setup, mixture_or_task_name, batch_size=batch_size,
-                          length_normalize=length_normalize, decoding=decoding,
+               mixture_or_task_name, dataset_cfg.split, lengths, dataset_cfg.batch_size,
+               dict(mesh.shape))
+  setup = runner.ModelSetup.create(model, lengths, mesh=mesh, rules=partitioner.rules)
+  restored = checkpoints.restore(setup, checkpoint_path, checkpoint_format, step=checkpoint_step,
+                                 rng=jax.random.PRNGKey(checkpoint_cfg.init_seed))
+  params = restored.params
+  step = restored.step if step is None else step
+  evaluation = Evaluation(setup, dataset_cfg, length_normalize=length_normalize, decoding=decoding,
                           num_decodes=num_decodes, alpha=alpha, metric=metric,
                           output_dir=output_dir, per_step_subdir=False, evaluator=evaluator)
   metrics = evaluation.run(params, step)

@@ -36,7 +36,8 @@ from absl import app
 from absl import logging
 from etils import epath
 
-from spt_jax import evaluate as evaluate_lib
+from spt_jax import checkpoints
+from spt_jax import configs
 from spt_jax import logs
 from spt_jax import models as models_lib
 from spt_jax import partitioning
@@ -153,10 +154,8 @@ def _batches(examples: Sequence[Mapping[str, Any]], batch_size: int, input_lengt
 
 def infer(
     *,
-    checkpoint_path: str,
+    checkpoint_cfg: configs.RestoreCheckpointConfig,
     output_file: str,
-    checkpoint_format: str = 'orbax',
-    checkpoint_step: Optional[int] = None,
     task_name: Optional[str] = None,
     input_file: Optional[str] = None,
     split: str = 'validation',
@@ -170,16 +169,14 @@ def infer(
     vocabulary_task: Optional[str] = None,
     vocabulary_path: Optional[str] = None,
     model: Optional[models_lib.EncoderDecoderModel] = None,
-    num_partitions: int = 1,
-    mesh_shape: Optional[Sequence[int]] = None,
-    mesh: Optional[jax.sharding.Mesh] = None,
+    partitioner: partitioning.Partitioner = partitioning.Partitioner(),
     seed: int = 0,
 ) -> dict[str, Any]:
   """Writes predictions of a checkpoint as JSON lines (see the module docstring).
 
   Args:
-    checkpoint_path, checkpoint_format, checkpoint_step: the checkpoint
-      (`evaluate.load_params`).
+    checkpoint_cfg: the checkpoint (`configs.RestoreCheckpointConfig`: path, format, step,
+      `init_seed` for parameters an 'hf' / 't5x' checkpoint lacks).
     output_file: the JSON-lines file to write (parent directories are created).
     task_name: a registered seqio task whose `split` examples are decoded; or
     input_file: a text file of prompts, one per line.
@@ -192,9 +189,8 @@ def infer(
     vocabulary_task, vocabulary_path: the vocabulary for `input_file` prompts.
     model: the model; runs/infer.gin binds `@runner.create_model()` (configured by the same
       model / method gin files as training). None: `runner.create_model()` defaults.
-    num_partitions, mesh_shape, mesh: the device mesh.
-    seed: sampling key (decoding='sample') and the init of parameters a 'hf'/'t5x'
-      checkpoint lacks.
+    partitioner: the device mesh (`partitioning.Partitioner`).
+    seed: the sampling key (decoding='sample').
 
   Returns:
     `{'output_file': str, 'num_predictions': int, 'step': int}`.
@@ -209,11 +205,13 @@ def infer(
                      f'INPUT_FILE={input_file!r}.')
   if not output_file:
     raise ValueError('OUTPUT_FILE is not set: --gin.OUTPUT_FILE="\'/path/predictions.jsonl\'".')
-  checkpoint_path = paths.resolve(checkpoint_path)
+  checkpoint_path = paths.resolve(checkpoint_cfg.path)
+  checkpoint_format = checkpoint_cfg.format
   output_file = paths.resolve(output_file)
   input_file = paths.resolve(input_file)
   vocabulary_path = paths.resolve(vocabulary_path)
-  evaluate_lib.check_checkpoint(checkpoint_path, checkpoint_format)
+  checkpoints.check_checkpoint(checkpoint_path, checkpoint_format, path_macro='CHECKPOINT_PATH',
+                               format_macro='CHECKPOINT_FORMAT', scratch_hint=False)
   if task_name:
     examples, vocab = examples_from_task(task_name, split, num_examples)
   else:
@@ -229,13 +227,14 @@ def infer(
                     input_length)
   lengths = {'inputs': int(input_length), 'targets': int(max_decode_length)}
 
-  if mesh is None:
-    mesh = partitioning.create_mesh(num_partitions=num_partitions, mesh_shape=mesh_shape)
+  mesh = partitioner.create_mesh()
   partitioning.host_local_batch_size(batch_size, mesh)
   model = model or runner.create_model()
-  setup = runner.ModelSetup.create(model, lengths, mesh=mesh)
-  params, step = evaluate_lib.load_params(setup, checkpoint_path, checkpoint_format,
-                                          step=checkpoint_step, seed=seed)
+  setup = runner.ModelSetup.create(model, lengths, mesh=mesh, rules=partitioner.rules)
+  restored = checkpoints.restore(setup, checkpoint_path, checkpoint_format,
+                                 step=checkpoint_cfg.step,
+                                 rng=jax.random.PRNGKey(checkpoint_cfg.init_seed))
+  params, step = restored.params, restored.step
   decode_rng = jax.random.PRNGKey(seed)
 
   def predict(params, batch):
@@ -253,7 +252,7 @@ def infer(
     for start, (batch, n) in zip(range(0, len(examples), batch_size),
                                  _batches(examples, batch_size, lengths['inputs'],
                                           lengths['targets'])):
-      local = evaluate_lib._process_rows(batch, batch_size, mesh)  # pylint: disable=protected-access
+      local = partitioning.process_rows(batch, batch_size, mesh)
       tokens, scores = p_predict(params, partitioning.shard_batch(local, mesh, batch_size))
       tokens, scores = np.asarray(tokens)[:n], np.asarray(scores)[:n]
       for ex, toks, score in zip(examples[start:start + n], tokens, scores):

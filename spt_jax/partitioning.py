@@ -16,6 +16,7 @@ Typical use::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -121,9 +122,7 @@ def create_mesh(
     if num_partitions < 1 or n % num_partitions:
       raise ValueError(
           f'num_partitions={num_partitions} does not divide the {n} available devices; '
-          f'choose a divisor of {n}: --gin.train.num_partitions=N for training, '
-          '--gin.evaluate.evaluate.num_partitions=N / --gin.infer.infer.num_partitions=N for '
-          'evaluation / inference.')
+          f'choose a divisor of {n}: --gin.partitioning.Partitioner.num_partitions=N.')
     mesh_shape = (n // num_partitions, num_partitions)
   mesh_shape = tuple(int(s) for s in mesh_shape)
   if len(mesh_shape) != 2 or math.prod(mesh_shape) != n:
@@ -139,6 +138,38 @@ def create_mesh(
   return Mesh(device_array, MESH_AXES)
 
 
+@dataclasses.dataclass(frozen=True)
+class Partitioner:
+  """The mesh and the logical axis rules of a run; one for train, evaluate and infer.
+
+  As T5X's partitioner: gin builds it once (`partitioning.Partitioner.num_partitions = 2`)
+  and every entry point takes it, so the model-parallel layout has one name everywhere.
+
+  Attributes:
+    num_partitions: size of the `model` axis (`create_mesh`).
+    mesh_shape: explicit `(data, model)` sizes; overrides `num_partitions`.
+    activation_partitioning_dims, parameter_partitioning_dims: the rule variant
+      (`standard_logical_axis_rules`).
+    mesh: an existing mesh, used as it is (tests, notebooks); overrides both sizes.
+  """
+  num_partitions: int = 1
+  mesh_shape: Sequence[int] | None = None
+  activation_partitioning_dims: int = 1
+  parameter_partitioning_dims: int = 1
+  mesh: Mesh | None = None
+
+  def create_mesh(self) -> Mesh:
+    """The `('data', 'model')` mesh over all devices (or `mesh` when given)."""
+    if self.mesh is not None:
+      return self.mesh
+    return create_mesh(num_partitions=self.num_partitions, mesh_shape=self.mesh_shape)
+
+  @property
+  def rules(self) -> tuple[tuple[str, str | None], ...]:
+    return standard_logical_axis_rules(self.activation_partitioning_dims,
+                                       self.parameter_partitioning_dims)
+
+
 @contextlib.contextmanager
 def activate(mesh: Mesh, rules: LogicalRules = LOGICAL_AXIS_RULES) -> Iterator[None]:
   """Context in which logical constraints (`nn.with_logical_constraint`) resolve on `mesh`.
@@ -148,6 +179,15 @@ def activate(mesh: Mesh, rules: LogicalRules = LOGICAL_AXIS_RULES) -> Iterator[N
   """
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     yield
+
+
+def process_rows(features: dict[str, np.ndarray], batch_size: int,
+                 mesh: Mesh) -> dict[str, np.ndarray]:
+  """This process's rows of a global batch `{k: [batch_size, ...]}` that every process holds
+  whole (evaluation and inference iterate the whole set on every process)."""
+  local = host_local_batch_size(batch_size, mesh)
+  pid = jax.process_index() if jax.process_count() > 1 else 0
+  return {k: v[pid * local:(pid + 1) * local] for k, v in features.items()}
 
 
 def data_parallel_size(mesh: Mesh) -> int:

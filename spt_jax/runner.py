@@ -2,15 +2,16 @@
 
 Everything an entry point needs before its loop: gin parsing (with T5X's `--gin.NAME=VALUE`
 flags), `jax.distributed` initialisation, the device mesh and partitioning rules, model
-construction, parameter initialisation / import onto the mesh, task look-up with helpful
-errors, and the seqio input pipeline producing host-local numpy batches.
+construction, parameter initialisation onto the mesh (checkpoints: `spt_jax.checkpoints`),
+task look-up with helpful errors, and the seqio input pipeline producing host-local numpy
+batches.
 
 An evaluation entry point reuses it like this::
 
   runner.parse_gin(gin_files, gin_bindings, gin_search_paths)
   runner.initialize_distributed()
   setup = runner.ModelSetup.create(model, task_feature_lengths, mesh=partitioning.create_mesh())
-  params = setup.restore_params_from_run(model_dir)       # latest checkpoint of a train run
+  params = checkpoints.restore(setup, model_dir).params   # latest checkpoint of a train run
   with setup.activate():
     scores = jax.jit(model.score_batch, ...)(params, batch)
 """
@@ -26,12 +27,10 @@ from typing import Any
 import flax.linen as nn
 import gin
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import flags
 from absl import logging
 
-from spt_jax import checkpoints
 from spt_jax import models as models_lib
 from spt_jax import network as network_lib
 from spt_jax import partitioning
@@ -123,7 +122,7 @@ def parse_gin(gin_files: Sequence[str] = (), gin_bindings: Sequence[str] = (),
   except (ValueError, KeyError) as e:
     raise ValueError(
         f'Gin configuration error: {e}\nCheck the spelling of the binding (gin lists '
-        'configurables as module.name.parameter, e.g. train.batch_size, or a MACRO such as '
+        'configurables as module.name.parameter, e.g. train.train_steps, or a MACRO such as '
         'BATCH_SIZE) and that its module is imported by spt_jax/gin_configurables.py or by an '
         '`import` line of the gin file.') from e
 
@@ -223,50 +222,6 @@ def dummy_batch(task_feature_lengths: Mapping[str, int], batch_size: int = 1) ->
 
 def _params_only(variables):
   return variables['params']
-
-
-INITIAL_CHECKPOINT_FORMATS = ('hf', 't5x', 'orbax')
-_FORMAT_HELP = ("'hf': a transformers T5 folder (config.json + model.safetensors or "
-                "pytorch_model.bin); 't5x': a T5X checkpoint_<step> folder (orbax state/ as "
-                "t5x.train writes it, or a legacy msgpack `checkpoint` file) or a T5X model dir "
-                "(latest step); 'orbax': an spt_jax run (MODEL_DIR) or one of its "
-                'checkpoints/<step> folders')
-
-
-def check_initial_checkpoint(path: str, format: str,  # pylint: disable=redefined-builtin
-                             path_macro: str = 'INITIAL_CHECKPOINT_PATH',
-                             format_macro: str = 'INITIAL_CHECKPOINT_FORMAT',
-                             scratch_hint: bool = True) -> None:
-  """Fails fast, before any model or data work, on a bad pretrained-checkpoint setting.
-
-  Checks that the format is known, that the path exists, and that the directory does not
-  plainly hold another format than the one named (`checkpoints.detect_format`).
-
-  Args:
-    path: the checkpoint directory.
-    format: 'hf' | 't5x' | 'orbax'.
-    path_macro, format_macro: the gin macros the user set, named in the messages.
-    scratch_hint: mention `PATH = None` (train from scratch) as the other fix.
-
-  Raises:
-    ValueError: unknown format, or the directory holds another format.
-    FileNotFoundError: the path does not exist.
-  """
-  from etils import epath  # pylint: disable=g-import-not-at-top
-  if format not in INITIAL_CHECKPOINT_FORMATS:
-    raise ValueError(f'{format_macro}={format!r} is not one of {INITIAL_CHECKPOINT_FORMATS}: '
-                     f'{_FORMAT_HELP}.')
-  if not epath.Path(path).exists():
-    raise FileNotFoundError(
-        f'{path_macro}={path!r} does not exist. Point it at a checkpoint directory '
-        f'({_FORMAT_HELP})' + (f' or set {path_macro} = None to train from scratch.'
-                               if scratch_hint else '.'))
-  detected = checkpoints.detect_format(path)
-  if detected is not None and detected != format:
-    raise ValueError(
-        f'{path_macro}={path!r} holds a {detected!r} checkpoint '
-        f'({checkpoints.FORMAT_MARKERS[detected]}) but {format_macro}={format!r}: set '
-        f"--gin.{format_macro}=\"'{detected}'\".")
 
 
 def check_vocabulary(mixture_or_task_name: str, vocab_size: int,
@@ -389,74 +344,6 @@ class ModelSetup:
       return jax.jit(lambda p, t: net.apply({'params': p}, t, method=net.retrieval_query))(
           params, encoder_input_tokens)
 
-  def load_initial_params(self, params: Any, path: str, format: str,  # pylint: disable=redefined-builtin
-                          rng: jax.Array, reinit_prompts: bool = True,
-                          return_kept: bool = False) -> Any:
-    """Imports a pretrained checkpoint over `params` (partial: prompts/memory stay fresh).
-
-    Args:
-      params: freshly initialised parameters (kept for parameters absent from the
-        checkpoint: soft prompt, memory bank).
-      path: checkpoint directory (HF T5 dir, T5X `checkpoint_<step>` dir or an orbax run).
-      format: 'hf' | 't5x' | 'orbax'.
-      rng: key for re-sampling the prompts from the pretrained embedding.
-      reinit_prompts: after an 'hf' / 't5x' import, redraw the `sampled_vocab` prompts /
-        memory the checkpoint lacks (pretrained T5 checkpoints never carry them) from the
-        *pretrained* embedding (`prompts.init_prompts_from_embedding`); prompt parameters the
-        checkpoint holds (a T5X run of this network, gin/t5x/) keep its values. An 'orbax'
-        spt_jax run keeps its own.
-      return_kept: also return the sorted paths the checkpoint did not hold (they keep their
-        fresh or redrawn value), e.g. to know whether the memory keys are trained ones.
-
-    Returns:
-      The parameters on the mesh; with `return_kept`, `(params, kept_paths)`.
-
-    Raises:
-      FileNotFoundError: the path does not exist.
-      ValueError: unknown format, or the directory holds another format.
-      checkpoints.CheckpointMismatchError: a parameter is missing or its shape differs, or
-        (format 'hf') the model config differs from config.json (the message names it).
-    """
-    check_initial_checkpoint(path, format)
-    # The model config goes along so that an 'hf' import also checks what shapes cannot
-    # show (activation, relative-position buckets, epsilon) against config.json.
-    restored, kept = checkpoints.restore_params(
-        path, format, params, shardings=self.param_shardings,
-        config=self.model.network.config, return_kept=True)
-    prompt_config = self.model.network.prompt_config
-    if (reinit_prompts and format != 'orbax' and prompt_config is not None
-        and prompt_config.prefix_length and kept):
-      # Only prompt parameters the checkpoint lacks are redrawn: a T5X checkpoint of this
-      # very network (gin/t5x/) carries trained soft prompt and memory, which are kept.
-      from_checkpoint = {
-          name: leaf for name, leaf in checkpoints.flatten(restored).items()
-          if name not in kept and any(re.search(p, name)
-                                      for p in checkpoints.PROMPT_PARAM_REGEXES)}
-      restored = prompts_lib.init_prompts_from_embedding(
-          restored, restored['token_embedder']['embedding'], prompt_config, rng)
-      if from_checkpoint:
-        logging.info('Prompt parameters kept from %s: %s', path, sorted(from_checkpoint))
-        flat = checkpoints.flatten(restored)
-        flat.update(from_checkpoint)
-        restored = checkpoints.unflatten(flat)
-    restored = jax.tree.map(jax.device_put, restored, self.param_shardings)
-    return (restored, kept) if return_kept else restored
-
-  def restore_params_from_run(self, model_dir: str, step: int | None = None) -> Any:
-    """Parameters of an spt_jax train run's checkpoint (latest unless `step`), on the mesh."""
-    from etils import epath  # pylint: disable=g-import-not-at-top
-    directory = epath.Path(model_dir) / 'checkpoints'
-    if step is None:
-      steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if (
-          directory.exists()) else []
-      if not steps:
-        raise FileNotFoundError(f'No checkpoint in {directory}; train first or pass a path.')
-      step = steps[-1]
-    found = checkpoints.load_orbax_params(directory / str(step))
-    checkpoints.check_params_match(self.abstract_params, found)
-    return jax.tree.map(lambda a, s: jax.device_put(np.asarray(a), s), found,
-                        self.param_shardings)
-
 
 # ------------------------------------------------------------------------------------------
 # Data.
@@ -564,7 +451,8 @@ def create_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str,
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   if prompt_config is not None and prompt_config.prefix_length and pack:
     raise ValueError('pack=True cannot be used with SPT / prompt-tuning prompts (each row must '
-                     'hold one example so its prompt is prepended once); set train.pack = False.')
+                     'hold one example so its prompt is prepended once); set '
+                     'train/configs.DatasetConfig.pack = False.')
   local_batch = partitioning.host_local_batch_size(global_batch_size, mesh)
   get_mixture_or_task(mixture_or_task_name)
   nproc, pid = jax.process_count(), jax.process_index()

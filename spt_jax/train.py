@@ -27,7 +27,8 @@ tests/test_fault_tolerance.py, which kills, fills and corrupts real runs):
 * A full or unwritable MODEL_DIR stops the run with `CheckpointWriteError` naming the step,
   the reason and the checkpoints kept (a failed save deletes none).
 * A checkpoint that cannot be read back stops the run with `CheckpointRestoreError` naming
-  the step and the file; `train.restore_fallback = True` resumes from the previous one.
+  the step and the file; `configs.SaveCheckpointConfig.restore_fallback = True` resumes from
+  the previous one.
 * A non-finite loss or parameter update stops the run with an error naming the step; it is
   detected before that step's save, so the last checkpoint on disk is a good one.
 """
@@ -51,6 +52,8 @@ from absl import app
 from absl import logging
 from etils import epath
 
+from spt_jax import checkpoints
+from spt_jax import configs
 from spt_jax import models as models_lib
 from spt_jax import logs
 from spt_jax import optim
@@ -441,14 +444,15 @@ def _check_finite(window: Sequence[tuple[int, dict[str, float]]], ckpt, model_di
         raise NonFiniteLossError(
             f'Non-finite {what} ({value}) at step {step}; training stopped. The last good '
             f'checkpoint (step {last}) in {model_dir}/checkpoints is kept. Lower the learning '
-            'rate, enable gradient clipping (train.grad_clip_norm) or check the input data.')
+            'rate, enable gradient clipping (configs.OptimizerConfig.grad_clip_norm) or check '
+            'the input data.')
 
 
 def _write_failure(error: BaseException, reason: str, model_dir: str, step: int,
                    ckpt: train_state_lib.Checkpointer) -> train_state_lib.CheckpointWriteError:
   """The error a full or unwritable MODEL_DIR gives: what failed, what is kept, the fix."""
   directory = ckpt.directory
-  kept = train_state_lib.finished_steps(directory)
+  kept = checkpoints.step_dirs(directory)
   first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
   if kept:
     then = (f'The checkpoints written before are intact: step(s) {kept} in {directory}. '
@@ -474,44 +478,19 @@ def _close_quietly(*closers: Callable[[], None]) -> None:
 
 def _has_checkpoint(model_dir: str) -> bool:
   """Whether `model_dir/checkpoints` holds a finished step (the run will resume from it)."""
-  return bool(train_state_lib.finished_steps(epath.Path(model_dir) / 'checkpoints'))
+  return bool(checkpoints.run_steps(model_dir))
 
 
 def train(
     *,
     model_dir: str,
-    mixture_or_task_name: str,
-    task_feature_lengths: Mapping[str, int],
+    dataset_cfg: configs.DatasetConfig,
     train_steps: int,
-    batch_size: int,
     model: models_lib.EncoderDecoderModel | None = None,
-    optimizer: str = 'adafactor',
-    learning_rate: float = 1e-3,
-    learning_rate_schedule: optim.Schedule | None = None,
-    trainable: str | Sequence[str] = 'full',
-    grad_clip_norm: float | None = None,
-    adafactor_kwargs: Mapping[str, Any] | None = None,
-    num_microbatches: int = 1,
-    sum_microbatch_grads: bool | None = None,
-    initial_checkpoint_path: str | None = None,
-    initial_checkpoint_format: str = 'hf',
-    init_prompts_from_embedding: bool = True,
-    use_cached_tasks: bool = False,
-    pack: bool = False,
-    shuffle: bool = True,
-    seed: int = 0,
-    input_sharding: str = 'shard_info',
-    pipeline_autotune: bool = True,
-    num_partitions: int = 1,
-    mesh_shape: Sequence[int] | None = None,
-    activation_partitioning_dims: int = 1,
-    parameter_partitioning_dims: int = 1,
-    mesh: jax.sharding.Mesh | None = None,
-    save_every_steps: int = 1000,
-    save_initial_checkpoint: bool = False,
-    keep_checkpoints: int | None = 3,
-    async_checkpointing: bool = True,
-    restore_fallback: bool = False,
+    optimizer_cfg: configs.OptimizerConfig = configs.OptimizerConfig(),
+    initial_checkpoint_cfg: configs.RestoreCheckpointConfig | None = None,
+    checkpoint_cfg: configs.SaveCheckpointConfig = configs.SaveCheckpointConfig(),
+    partitioner: partitioning.Partitioner = partitioning.Partitioner(),
     log_every_steps: int = 100,
     peak_flops_per_device: float | None = None,
     eval_hook_factory: Callable[[runner.ModelSetup], Callable[[Any, int], Mapping[str, float]]]
@@ -523,45 +502,19 @@ def train(
 
   Args:
     model_dir: where checkpoints, summaries and metrics.jsonl go (created; must be writable).
-    mixture_or_task_name: registered seqio task / mixture.
-    task_feature_lengths: `{'inputs': T, 'targets': L}`.
+    dataset_cfg: the training data (`configs.DatasetConfig`: mixture, feature lengths, global
+      batch size, split, shuffle, seed, cached tasks, packing, input sharding, autotune); its
+      `seed` also seeds initialisation and dropout.
     train_steps: total number of steps (a resumed run continues up to it).
-    batch_size: global batch size (divisible by the data-parallel size).
     model: the `EncoderDecoderModel`; default `runner.create_model()` (gin-configured).
-    optimizer: 'adafactor' (T5) or 'adamw'.
-    learning_rate: constant rate when `learning_rate_schedule` is None.
-    learning_rate_schedule: step → lr (`optim.create_schedule`).
-    trainable: preset (`full`, `prompts_only`, `memory_only`, `soft_prompt_only`) or regexes.
-    grad_clip_norm: global-norm clipping of the trainable gradients (None: off).
-    adafactor_kwargs: settings of `optim.adafactor` (None: T5 / T0's, spt_jax's default);
-      T5X's Adafactor is `{'multiply_by_parameter_scale': True, 'factor_rules': 't5x'}`.
-    num_microbatches: gradient accumulation over this many microbatches per step.
-    sum_microbatch_grads: how microbatch gradients combine (`make_train_step`). None
-      (default): summed when the loss is a sum (`loss_normalizing_factor=None`, what T5X's
-      trainer does too) and averaged when it is normalised, so that both equal the
-      full-batch gradient. True: always summed, as T5X's trainer does (with a normalised
-      loss each microbatch is then normalised by its own tokens and the step is
-      `num_microbatches` times larger).
-    initial_checkpoint_path: pretrained checkpoint to start from (partial: prompts stay new).
-    initial_checkpoint_format: 'hf' | 't5x' | 'orbax'.
-    init_prompts_from_embedding: redraw sampled-vocab prompts from the imported embedding.
-    use_cached_tasks, pack, shuffle, seed, input_sharding, pipeline_autotune: input pipeline
-      (see `runner.create_dataset`; `pipeline_autotune` is its `autotune`); `seed` also
-      seeds init and dropout.
-    num_partitions, mesh_shape: mesh (`partitioning.create_mesh`); `mesh` overrides both.
-    activation_partitioning_dims, parameter_partitioning_dims: rule variant
-      (`partitioning.standard_logical_axis_rules`).
-    save_every_steps: periodic checkpoint interval (the final step is always saved).
-    save_initial_checkpoint: also save the state before the first step, as step 0 (a fresh
-      run only): the initialised or imported parameters (INITIAL_CHECKPOINT_PATH), e.g. to
-      evaluate the starting point or to check an import. Counts towards keep_checkpoints.
-    keep_checkpoints: how many checkpoints to keep (None: all).
-    async_checkpointing: orbax writes in a background thread (saves stay atomic; see
-      train_state.py).
-    restore_fallback: when the latest checkpoint cannot be read back (a damaged file), move
-      it to MODEL_DIR/corrupt_checkpoints and resume from the newest earlier one that can.
-      Off by default: the run stops with an error naming the step and the file, so that
-      nothing is redone silently.
+    optimizer_cfg: optimizer, learning rate (schedule), trainable parameters, clipping and
+      microbatching (`configs.OptimizerConfig`).
+    initial_checkpoint_cfg: pretrained checkpoint a fresh run starts from (partial: prompts
+      stay new; `configs.RestoreCheckpointConfig`, format 'hf' | 't5x' | 'orbax'); None or
+      a None path: from scratch. A resumed run ignores it.
+    checkpoint_cfg: checkpoint interval, how many are kept, the step-0 save, asynchronous
+      writes and the damaged-checkpoint fallback (`configs.SaveCheckpointConfig`).
+    partitioner: the mesh and logical axis rules (`partitioning.Partitioner`).
     log_every_steps: summary / console interval; every step's scalars are written at it.
     peak_flops_per_device: for MFU; default from the device kind.
     eval_hook_factory: called once with the `ModelSetup`; returns `f(params, step) -> {name:
@@ -572,19 +525,24 @@ def train(
     `{'state': final TrainState, 'step': int, 'history': [(step, {metric: float})],
       'preempted': bool, 'model_dir': str}`.
   """
+  data_cfg, opt_cfg, save_cfg = dataset_cfg, optimizer_cfg, checkpoint_cfg
+  mixture_or_task_name = data_cfg.mixture_or_task_name
+  task_feature_lengths = data_cfg.task_feature_lengths
+  batch_size, seed = data_cfg.batch_size, data_cfg.seed
+  init_cfg = initial_checkpoint_cfg or configs.RestoreCheckpointConfig()
+  initial_checkpoint_path = paths.resolve(init_cfg.path)
+  initial_checkpoint_format = init_cfg.format
   model_dir = paths.resolve(model_dir)
-  initial_checkpoint_path = paths.resolve(initial_checkpoint_path)
   if initial_checkpoint_path and not _has_checkpoint(model_dir):
     # Only a fresh run reads it (a resumed one ignores it): fail before any work.
-    runner.check_initial_checkpoint(initial_checkpoint_path, initial_checkpoint_format)
+    checkpoints.check_checkpoint(initial_checkpoint_path, initial_checkpoint_format)
   train_state_lib.check_writable(model_dir)
   runner.get_mixture_or_task(mixture_or_task_name)
-  if mesh is None:
-    mesh = partitioning.create_mesh(num_partitions=num_partitions, mesh_shape=mesh_shape)
-  rules = partitioning.standard_logical_axis_rules(activation_partitioning_dims,
-                                                   parameter_partitioning_dims)
+  mesh = partitioner.create_mesh()
+  rules = partitioner.rules
   local_batch = partitioning.host_local_batch_size(batch_size, mesh)
   dp = partitioning.data_parallel_size(mesh)
+  num_microbatches = opt_cfg.num_microbatches
   if num_microbatches > 1 and (batch_size // dp) % num_microbatches:
     raise ValueError(
         f'num_microbatches={num_microbatches} must divide the per-data-shard batch '
@@ -593,16 +551,17 @@ def train(
     model = runner.create_model()
   runner.check_vocabulary(mixture_or_task_name, model.network.config.vocab_size)
   if model.network.prompt_config is not None and model.network.prompt_config.prefix_length and (
-      pack):
+      data_cfg.pack):
     raise ValueError('pack=True cannot be used with SPT / prompt-tuning prompts; set '
-                     'train.pack = False.')
+                     'train/configs.DatasetConfig.pack = False.')
 
   setup = runner.ModelSetup.create(model, task_feature_lengths, mesh=mesh, rules=rules)
-  schedule = learning_rate_schedule or optim.constant_schedule(learning_rate)
-  tx, mask = optim.create_optimizer(setup.abstract_params, optimizer=optimizer,
+  schedule = opt_cfg.learning_rate_schedule or optim.constant_schedule(opt_cfg.learning_rate)
+  trainable = opt_cfg.trainable
+  tx, mask = optim.create_optimizer(setup.abstract_params, optimizer=opt_cfg.optimizer,
                                     learning_rate=schedule, trainable=trainable,
-                                    grad_clip_norm=grad_clip_norm,
-                                    adafactor_kwargs=dict(adafactor_kwargs or {}),
+                                    grad_clip_norm=opt_cfg.grad_clip_norm,
+                                    adafactor_kwargs=dict(opt_cfg.adafactor_kwargs or {}),
                                     param_axes=optim.logical_axes(setup.boxed_abstract_params))
   abstract_opt = jax.eval_shape(tx.init, setup.abstract_params)
   opt_shardings = partitioning.opt_state_shardings(abstract_opt, setup.abstract_params,
@@ -616,8 +575,8 @@ def train(
   logging.info('Mesh %s; %d parameters, %d trainable (%s).', dict(mesh.shape), n_params,
                n_train, trainable)
 
-  ckpt = train_state_lib.Checkpointer(model_dir, save_every_steps=save_every_steps,
-                                      keep=keep_checkpoints, async_save=async_checkpointing)
+  ckpt = train_state_lib.Checkpointer(model_dir, save_every_steps=save_cfg.every_steps,
+                                      keep=save_cfg.keep, async_save=save_cfg.async_save)
   latest = ckpt.latest_step()
   keys_from_checkpoint = False   # memory keys imported from INITIAL_CHECKPOINT_PATH
   if latest is not None:
@@ -628,7 +587,7 @@ def train(
     try:
       state, meta = ckpt.restore(
           train_state_lib.abstract_with_shardings(abstract_state, state_shardings),
-          fallback=restore_fallback)
+          fallback=save_cfg.restore_fallback)
       latest = int(jax.device_get(state.step))
       logging.info('Resuming from checkpoint step %d in %s (%s)', latest, ckpt.directory, meta)
     except FileNotFoundError as e:  # restore_fallback found no readable step
@@ -638,11 +597,12 @@ def train(
     init_rng, prompt_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed), 3)
     params = setup.init_params(init_rng)
     if initial_checkpoint_path:
-      params, kept = setup.load_initial_params(params, initial_checkpoint_path,
-                                               initial_checkpoint_format, prompt_rng,
-                                               reinit_prompts=init_prompts_from_embedding,
-                                               return_kept=True)
-      keys_from_checkpoint = not any(name.endswith('memory_bank/keys') for name in kept)
+      restored = checkpoints.restore(setup, initial_checkpoint_path, initial_checkpoint_format,
+                                     step=init_cfg.step, params=params, rng=prompt_rng,
+                                     reinit_prompts=init_cfg.reinit_prompts)
+      params = restored.params
+      keys_from_checkpoint = not any(name.endswith('memory_bank/keys')
+                                     for name in restored.kept)
       logging.info('Initialised from %s (%s).', initial_checkpoint_path,
                    initial_checkpoint_format)
     with setup.activate():
@@ -654,7 +614,7 @@ def train(
   start_step = int(jax.device_get(state.step))
   result = {'state': state, 'step': start_step, 'history': [], 'preempted': False,
             'model_dir': model_dir}
-  if save_initial_checkpoint and latest is None:
+  if save_cfg.save_initial and latest is None:
     # Step 0, before the first (buffer-donating) train step; like the periodic saves below,
     # this relies on orbax having copied the arrays to host when `save` returns.
     ckpt.save(state, {'mixture_or_task_name': mixture_or_task_name, 'batch_size': batch_size,
@@ -667,8 +627,9 @@ def train(
 
   data = runner.create_dataset(
       mixture_or_task_name, task_feature_lengths, batch_size, mesh, split='train',
-      shuffle=shuffle, seed=seed, use_cached=use_cached_tasks, pack=pack,
-      skip_batches=start_step, input_sharding=input_sharding, autotune=pipeline_autotune,
+      shuffle=data_cfg.shuffle, seed=seed, use_cached=data_cfg.use_cached, pack=data_cfg.pack,
+      skip_batches=start_step, input_sharding=data_cfg.input_sharding,
+      autotune=data_cfg.autotune,
       prompt_config=model.network.prompt_config)
   # A fresh run draws data-driven keys, unless its initial checkpoint holds trained memory
   # keys, which it keeps: an spt_jax SPT run ('orbax', e.g. SuperGLUE from the GLUE run's
@@ -678,7 +639,7 @@ def train(
                                        jax.random.fold_in(prompt_rng, 1))
 
   step_fn = make_train_step(model, tx, mask, schedule, num_microbatches,
-                            sum_microbatch_grads=sum_microbatch_grads)
+                            sum_microbatch_grads=opt_cfg.sum_microbatch_grads)
   batch_sharding = partitioning.batch_sharding(mesh)
   p_step = jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding),
                    out_shardings=(state_shardings, rep), donate_argnums=(0,))
@@ -688,7 +649,8 @@ def train(
   if start_step == 0:
     writers.hparams({'mixture_or_task_name': mixture_or_task_name, 'batch_size': batch_size,
                      'train_steps': train_steps, 'trainable': trainable,
-                     'optimizer': optimizer, 'mesh': dict(mesh.shape), 'num_params': n_params,
+                     'optimizer': opt_cfg.optimizer, 'mesh': dict(mesh.shape),
+                     'num_params': n_params,
                      'num_trainable_params': n_train, **dict(task_feature_lengths)})
   t_in, t_out = int(task_feature_lengths['inputs']), int(task_feature_lengths['targets'])
   tokens_per_step = batch_size * (t_in + t_out)

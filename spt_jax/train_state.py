@@ -126,13 +126,6 @@ def _cause_chain(error: BaseException | None):
     error = error.__cause__ or error.__context__
 
 
-def finished_steps(directory: epath.Path) -> list[int]:
-  """The finished step directories in a checkpoints `directory`, read from disk (not the
-  manager's list, which also holds a step whose save is in flight)."""
-  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if (
-      directory.is_dir()) else []
-
-
 def describe_write_failure(error: BaseException, directory: str) -> str | None:
   """A short reason when `error` (or an error it was raised from) is a failed write under
   `directory` (MODEL_DIR).
@@ -290,11 +283,12 @@ class Checkpointer:
       earlier = [s for s in self.all_steps() if s < step]
       raise CheckpointRestoreError(
           f'Checkpoint step {step} in {self.directory / str(step)} cannot be read back: '
-          f'{_restore_failure_detail(e, self.directory / str(step))}. If the file is damaged (a truncated or lost write), '
+          f'{_restore_failure_detail(e, self.directory / str(step))}. If the file is damaged '
+          '(a truncated or lost write), '
           'resume from the previous checkpoint'
           + (f' (step {max(earlier)})' if earlier else ' (there is none: the run restarts '
              'from step 0)')
-          + ' with --gin.train.restore_fallback=True: it moves this step to '
+          + ' with --gin.configs.SaveCheckpointConfig.restore_fallback=True: it moves this step to '
           f'{self.directory.parent / "corrupt_checkpoints"} and restores the newest one that '
           'reads back. If the model or optimizer configuration changed since the save, '
           'restore with the original configuration instead.') from e

@@ -24,7 +24,7 @@ of each, at T0's rates (`spt_tasks.mixing`). The paper's own list ("31 tasks fro
 domains") is not public; edit the `default_train` column, or choose in gin:
 
     spt_tasks.t0.train_datasets.exclude = ['gigaword', 'wiki_bio']
-    train.mixture_or_task_name = @spt_tasks.t0.t0_train_mixture()
+    train/configs.DatasetConfig.mixture_or_task_name = @spt_tasks.t0.t0_train_mixture()
 
 Registration reads only promptsource's YAML files: no TFDS, network or
 vocabulary access at import.

@@ -126,7 +126,7 @@ def _train(tmp_path, name, dtype):
   kw = tl.reference_kwargs(str(tmp_path / name), 20, dropout_rate=0.0)
   kw.update(model=tl.tiny_model(dtype=dtype), learning_rate=LEARNING_RATE,
             save_every_steps=20, log_every_steps=1)
-  result = train.train(mesh=partitioning.create_mesh(devices=jax.devices()[:1]), **kw)
+  result = tl.run_train(mesh=partitioning.create_mesh(devices=jax.devices()[:1]), **kw)
   return {s: m['loss'] for s, m in result['history']}
 
 

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from spt_jax import checkpoint_readers
 from spt_jax import checkpoints
 from spt_jax import network
 
@@ -51,7 +52,7 @@ def test_t5x_fixture_tree_equals_init_tree(t5x_dir):
   got_shapes = {k: v.shape for k, v in checkpoints.flatten(params).items()}
   want_shapes = {k: v.shape for k, v in checkpoints.flatten(expected).items()}
   assert got_shapes == want_shapes
-  assert want_shapes == checkpoints.t5x_param_shapes(FIXTURE_CONFIG)
+  assert want_shapes == checkpoint_readers.t5x_param_shapes(FIXTURE_CONFIG)
   assert all(v.dtype == np.float32 for v in checkpoints.flatten(params).values())
   # Trained for 3 steps: layer norm scales moved away from their init of ones.
   assert not np.allclose(params['decoder']['decoder_norm']['scale'], 1.0)
@@ -227,7 +228,7 @@ def test_hf_config_mapping(hf_model, tmp_path):
 def test_hf_activation_mapping(proj, acts):
   cfg = {'d_model': 8, 'd_kv': 4, 'num_heads': 2, 'd_ff': 16, 'num_layers': 2,
          'vocab_size': 32, 'feed_forward_proj': proj}
-  config = checkpoints.hf_config_to_t5(cfg)
+  config = checkpoint_readers.hf_config_to_t5(cfg)
   assert config.mlp_activations == acts
   assert config.num_decoder_layers == 2  # defaults to num_layers
   assert config.logits_via_embedding  # HF default tie_word_embeddings=True
@@ -237,12 +238,12 @@ def test_hf_unsupported_activation_is_named():
   cfg = {'d_model': 8, 'd_kv': 4, 'num_heads': 2, 'd_ff': 16, 'num_layers': 2,
          'vocab_size': 32, 'feed_forward_proj': 'gelu'}
   with pytest.raises(ValueError, match=r"Unsupported activation feed_forward_proj='gelu'"):
-    checkpoints.hf_config_to_t5(cfg)
+    checkpoint_readers.hf_config_to_t5(cfg)
 
 
 def test_hf_not_t5_is_refused():
   with pytest.raises(ValueError, match="model_type='bart'"):
-    checkpoints.hf_config_to_t5({'model_type': 'bart'})
+    checkpoint_readers.hf_config_to_t5({'model_type': 'bart'})
 
 
 def test_hf_no_config_or_weights(tmp_path, hf_model):

@@ -5,6 +5,7 @@ seqio's test utils, the real `score_eval_expand` preprocessor and `rank_classifi
 metric) and a tiny SPT model on the 8 fake CPU devices. The end-to-end test (slow) trains the
 local SPT run for a few steps with the real trainer on the sample mixture and evaluates it.
 """
+import dataclasses
 import functools
 import json
 import pathlib
@@ -15,6 +16,8 @@ import pytest
 import seqio
 import tensorflow as tf
 
+from spt_jax import checkpoints
+from spt_jax import configs
 from spt_jax import evaluate
 from spt_jax import metrics
 from spt_jax import network
@@ -110,8 +113,10 @@ def _hand_rank_classification(evaluator, model, params, task):
 def test_score_fn_through_seqio_matches_hand_rank_classification(setup_and_params, tmp_path):
   setup, params = setup_and_params
   # batch 8 with 3 rows per task left over: the last batch is padded.
-  ev = evaluate.Evaluation(setup, MIXTURE, batch_size=8, output_dir=str(tmp_path),
-                           per_step_subdir=True)
+  ev = evaluate.Evaluation(setup,
+                           configs.DatasetConfig(MIXTURE, batch_size=8, split='validation',
+                                                 seed=42),
+                           output_dir=str(tmp_path), per_step_subdir=True)
   # The batches take the distinct-inputs path (two choices a row pair; 4 = B/2 inputs).
   assert ev._distinct_input_sizes == (4,)
   first = next(evaluate.batches_from_enumerated(ev.evaluator.cached_model_datasets[TASKS[0]],
@@ -171,7 +176,9 @@ def test_batches_pad_last_batch_with_real_rows():
 @pytest.mark.slow  # compiles the tiny model (> 20 s on the shared 2-core machine)
 def test_predict_fn_returns_token_ids_per_row(setup_and_params):
   setup, params = setup_and_params
-  ev = evaluate.Evaluation(setup, TASKS[0], batch_size=8)
+  ev = evaluate.Evaluation(setup,
+                           configs.DatasetConfig(TASKS[0], batch_size=8, split='validation',
+                                                 seed=42))
   ds = ev.evaluator.cached_model_datasets[TASKS[0]]
   got = ev.predict_fn(ds, params)
   n = sum(1 for _ in ds)
@@ -189,24 +196,31 @@ def test_unknown_mixture_error_names_close_matches(tmp_path):
   ckpt.mkdir()
   with pytest.raises(ValueError, match=r"Unknown task or mixture 'evaltest_mixtur'.*"
                                        r"evaltest_mixture"):
-    evaluate.evaluate(mixture_or_task_name='evaltest_mixtur', checkpoint_path=str(ckpt),
+    evaluate.evaluate(dataset_cfg=configs.DatasetConfig('evaltest_mixtur', split='validation',
+                                                        batch_size=32, seed=42),
+                      checkpoint_cfg=configs.RestoreCheckpointConfig(path=str(ckpt)),
                       model=_model())
 
 
 def test_missing_checkpoint_error(tmp_path):
   with pytest.raises(FileNotFoundError, match='CHECKPOINT_PATH=.*does not exist'):
-    evaluate.evaluate(mixture_or_task_name=MIXTURE, checkpoint_path=str(tmp_path / 'nope'),
+    evaluate.evaluate(dataset_cfg=configs.DatasetConfig(MIXTURE, split='validation',
+                                                        batch_size=32, seed=42),
+                      checkpoint_cfg=configs.RestoreCheckpointConfig(path=str(tmp_path / 'nope')),
                       model=_model())
   with pytest.raises(ValueError, match="CHECKPOINT_FORMAT='pt'"):
-    evaluate.evaluate(mixture_or_task_name=MIXTURE, checkpoint_path=str(tmp_path),
-                      checkpoint_format='pt', model=_model())
+    evaluate.evaluate(dataset_cfg=configs.DatasetConfig(MIXTURE, split='validation',
+                                                        batch_size=32, seed=42),
+                      checkpoint_cfg=configs.RestoreCheckpointConfig(path=str(tmp_path),
+                                                                     format='pt'),
+                      model=_model())
 
 
 def test_run_dir_without_checkpoints_error(tmp_path, setup_and_params):
   setup, _ = setup_and_params
   (tmp_path / 'checkpoints').mkdir()
   with pytest.raises(FileNotFoundError, match='holds no step directory'):
-    evaluate.load_params(setup, str(tmp_path))
+    checkpoints.restore(setup, str(tmp_path))
 
 
 @pytest.mark.slow  # compiles the tiny model (> 20 s on the shared 2-core machine)
@@ -216,12 +230,16 @@ def test_orbax_step_dir_round_trip(tmp_path, setup_and_params):
   setup, params = setup_and_params
   path = tmp_path / 'checkpoints' / '12'
   ocp.PyTreeCheckpointer().save(path, {'params': jax.device_get(params)})
-  restored, step = evaluate.load_params(setup, str(path))
-  assert step == 12
-  jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), jax.device_get(params))
-  result = evaluate.evaluate(mixture_or_task_name=TASKS[0], checkpoint_path=str(path),
-                             model=setup.model, mesh=setup.mesh, batch_size=8,
-                             task_feature_lengths=LENGTHS)
+  restored = checkpoints.restore(setup, str(path))
+  assert restored.step == 12
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored.params),
+               jax.device_get(params))
+  result = evaluate.evaluate(dataset_cfg=configs.DatasetConfig(TASKS[0], batch_size=8,
+                                                              task_feature_lengths=LENGTHS,
+                                                              split='validation', seed=42),
+                             checkpoint_cfg=configs.RestoreCheckpointConfig(path=str(path)),
+                             partitioner=partitioning.Partitioner(mesh=setup.mesh),
+                             model=setup.model)
   assert result['step'] == 12
   assert result['output_dir'] == str(tmp_path / 'eval' / 'step_12')
   assert (tmp_path / 'eval' / 'step_12' / 'results.md').is_file()
@@ -262,22 +280,26 @@ def test_end_to_end_train_evaluate_compare(tmp_path):
   lengths = dict(sample.FEATURE_LENGTHS)
   model_dir = tmp_path / 'spt'
   model = _sample_model(sample, memory_size=16)
-  eval_kwargs = dict(batch_size=16, num_examples=6)
-  hook = evaluate.eval_hook_factory(sample.HELDOUT_SCORE_EVAL_MIXTURE,
-                                    model_dir=str(model_dir), **eval_kwargs)
-  result = train.train(model_dir=str(model_dir), mixture_or_task_name=sample.TRAIN_MIXTURE,
-                       task_feature_lengths=lengths, train_steps=3, batch_size=8,
-                       model=model, trainable='prompts_only', save_every_steps=3,
-                       log_every_steps=1, async_checkpointing=False, eval_hook_factory=hook)
+  eval_data = configs.DatasetConfig(sample.HELDOUT_SCORE_EVAL_MIXTURE, batch_size=16,
+                                    num_examples=6, split='validation', seed=42)
+  hook = evaluate.eval_hook_factory(eval_data, model_dir=str(model_dir))
+  result = train.train(
+      model_dir=str(model_dir),
+      dataset_cfg=configs.DatasetConfig(sample.TRAIN_MIXTURE, task_feature_lengths=lengths,
+                                        batch_size=8),
+      train_steps=3, model=model,
+      optimizer_cfg=configs.OptimizerConfig(trainable='prompts_only'),
+      checkpoint_cfg=configs.SaveCheckpointConfig(every_steps=3, async_save=False),
+      log_every_steps=1, eval_hook_factory=hook)
   assert result['step'] == 3
   hook_dir = model_dir / 'eval' / 'step_3'
   logged = [json.loads(l) for l in (model_dir / 'metrics.jsonl').read_text().splitlines()]
   assert any('eval/overall/median' in r for r in logged)
 
-  out = evaluate.evaluate(mixture_or_task_name=sample.HELDOUT_SCORE_EVAL_MIXTURE,
-                          checkpoint_path=str(model_dir), model=model,
-                          output_dir=str(tmp_path / 'standalone'),
-                          task_feature_lengths=lengths, **eval_kwargs)
+  out = evaluate.evaluate(
+      dataset_cfg=dataclasses.replace(eval_data, task_feature_lengths=lengths),
+      checkpoint_cfg=configs.RestoreCheckpointConfig(path=str(model_dir)), model=model,
+      output_dir=str(tmp_path / 'standalone'))
   assert out['step'] == 3
   eval_dir = pathlib.Path(out['output_dir'])
   results = json.loads((eval_dir / 'results.json').read_text())
@@ -318,7 +340,7 @@ def test_eval_gin_binds_the_entry_point():
                      ["CHECKPOINT_PATH = '/tmp/run'",
                       "EVAL_MIXTURE = 'spt_sample_heldout_score_eval'",
                       'EVAL_BATCH_SIZE = 16'], ['gin'], finalize=False)
-    assert gin.query_parameter('evaluate.evaluate.checkpoint_path') is not None
+    assert gin.query_parameter('evaluate/configs.RestoreCheckpointConfig.path') is not None
     # The model comes from the training gin files (SPT prompt config included).
     assert gin.query_parameter('evaluate.evaluate.model').selector == 'runner.create_model'
     assert gin.query_parameter('runner.create_model.prompt_config') is not None

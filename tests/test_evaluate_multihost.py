@@ -6,7 +6,7 @@ classification, a tiny SPT model) is evaluated from one orbax checkpoint by
 mesh of 4 CPU devices, and by two processes (localhost, gloo CPU collectives, 2 fake CPU
 devices each, the same (4, 1) mesh over the 4 global devices), as tests/test_train_multihost.py
 runs the trainer. Each process iterates the whole eval set and feeds its half of every
-global batch (`evaluate._process_rows`); scores come back replicated, and only process 0
+global batch (`partitioning.process_rows`); scores come back replicated, and only process 0
 writes the results directory (process 1 is given a directory of its own to show that).
 
 Measured here: the same metrics and results.json, and per-row scores (25 rows per task)
@@ -26,6 +26,7 @@ import pytest
 
 import test_evaluate as te
 from test_distributed_env import results_of
+from spt_jax import configs
 from spt_jax import evaluate
 from spt_jax import partitioning
 from spt_jax import runner
@@ -37,7 +38,7 @@ BATCH_SIZE = 8  # 2 rows per device; the last batch of each task is padded
 # One of the two processes: `python -c _CHILD CHECKPOINT OUTPUT_DIR`.
 _CHILD = r"""
 import json, sys
-from spt_jax import evaluate, partitioning, runner
+from spt_jax import configs, evaluate, partitioning, runner
 assert runner.initialize_distributed()
 import jax
 import test_evaluate as te
@@ -81,9 +82,12 @@ def test_two_processes_write_the_one_process_results(tmp_path):
   params = setup.init_params(jax.random.PRNGKey(3))
   checkpoint = tmp_path / 'checkpoints' / '5'
   ocp.PyTreeCheckpointer().save(checkpoint, {'params': jax.device_get(params)})
-  one = evaluate.evaluate(mixture_or_task_name=te.MIXTURE, checkpoint_path=str(checkpoint),
-                          output_dir=str(tmp_path / 'one'), model=setup.model, mesh=mesh,
-                          batch_size=BATCH_SIZE, task_feature_lengths=te.LENGTHS)
+  one = evaluate.evaluate(dataset_cfg=configs.DatasetConfig(te.MIXTURE, batch_size=BATCH_SIZE,
+                                                           task_feature_lengths=te.LENGTHS,
+                                                           split='validation', seed=42),
+                          checkpoint_cfg=configs.RestoreCheckpointConfig(path=str(checkpoint)),
+                          partitioner=partitioning.Partitioner(mesh=mesh),
+                          output_dir=str(tmp_path / 'one'), model=setup.model)
 
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))

@@ -45,7 +45,7 @@ LOCAL_EXTRA = [
     'TRAIN_STEPS = 2',
     'BATCH_SIZE = 8',                       # 8 fake CPU devices (conftest): one row each
     f'TASK_FEATURE_LENGTHS = {LENGTHS}',
-    'train.num_microbatches = 1',
+    'configs.OptimizerConfig.num_microbatches = 1',
     f"EVAL_MIXTURE = '{SAMPLE_EVAL_MIXTURE}'",
     'EVAL_BATCH_SIZE = 8',
     'EVAL_NUM_EXAMPLES = 4',                # answer-choice rows per task
@@ -153,7 +153,7 @@ def test_experiment_trains_and_evaluates_locally(name, tmp_path, request):
     # runs/local.gin re-includes runs/train.gin, which resets the path and the format; a
     # different seed makes a fresh initialisation differ from the GLUE run everywhere.
     extra = [f"INITIAL_CHECKPOINT_PATH = '{glue_dir}'", "INITIAL_CHECKPOINT_FORMAT = 'orbax'",
-             'train.seed = 1']
+             'train/configs.DatasetConfig.seed = 1']
   result = _train(train_files, model_dir, extra)
   assert result['step'] == 2 and not result['preempted']
   losses = [m['loss'] for _, m in result['history'] if 'loss' in m]
@@ -182,7 +182,7 @@ def test_experiment_trains_and_evaluates_locally(name, tmp_path, request):
   _parse(eval_files, [f"MODEL_DIR = '{model_dir}'"] + LOCAL_EXTRA + [
       f"CHECKPOINT_PATH = '{model_dir}'", f"EVAL_OUTPUT_DIR = '{out_dir}'"])
   if eval_only:
-    assert gin.query_parameter('evaluate.evaluate.mixture_or_task_name') is not None
+    assert gin.query_parameter('evaluate/configs.DatasetConfig.mixture_or_task_name') is not None
   evaluated = evaluate_lib.evaluate_configurable()
   assert evaluated['step'] == 2
   assert np.isfinite(evaluated['metrics']['overall/median'])

@@ -69,14 +69,14 @@ def _step_dirs(model_dir):
 def reference(tmp_path_factory):
   """An uninterrupted run that keeps every checkpoint: {step: saved state}."""
   model_dir = str(tmp_path_factory.mktemp('reference') / 'run')
-  train.train(mesh=_one_device(), **_kwargs(model_dir, keep_checkpoints=None))
+  tl.run_train(mesh=_one_device(), **_kwargs(model_dir, keep_checkpoints=None))
   assert _step_dirs(model_dir) == ['10', '15', '20', '5']
   return {s: _state(model_dir, s) for s in (5, 10, 15, 20)}
 
 
 def test_keep_checkpoints_keeps_exactly_the_newest(tmp_path, reference):
   model_dir = str(tmp_path / 'run')
-  train.train(mesh=_one_device(), **_kwargs(model_dir, steps=23, keep_checkpoints=2))
+  tl.run_train(mesh=_one_device(), **_kwargs(model_dir, steps=23, keep_checkpoints=2))
   # The final step is always saved; nothing temporary is left behind.
   assert _step_dirs(model_dir) == ['20', '23']
   assert ts.tree_equal(_state(model_dir, 20), reference[20])
@@ -126,7 +126,7 @@ def test_unwritable_model_dir_mid_run_stops_clearly_and_keeps_earlier_checkpoint
         assert _mount(['-o', 'remount,bind,ro'], checkpoints)
 
     with pytest.raises(ts.CheckpointWriteError) as info:
-      train.train(mesh=_one_device(), hooks=[break_model_dir], **_kwargs(model_dir))
+      tl.run_train(mesh=_one_device(), hooks=[break_model_dir], **_kwargs(model_dir))
     message = str(info.value)
     kept = [int(d) for d in _step_dirs(model_dir) if d.isdigit()]
     reason = 'no space left on device' if fault == 'full_disk' else 'read-only file system'
@@ -142,7 +142,7 @@ def test_unwritable_model_dir_mid_run_stops_clearly_and_keeps_earlier_checkpoint
     else:
       subprocess.run(['umount', checkpoints], check=True)
       mounted.remove(checkpoints)
-    result = train.train(mesh=_one_device(), **_kwargs(model_dir))
+    result = tl.run_train(mesh=_one_device(), **_kwargs(model_dir))
     assert [s for s, _ in result['history']][0] == kept[-1] + 1
     assert _step_dirs(model_dir) == ['10', '15', '20']   # the unfinished save was cleaned up
     assert ts.tree_equal(_state(model_dir, 20), reference[20])
@@ -179,19 +179,19 @@ def _truncate_largest_array_file(step_dir):
 
 def test_corrupt_latest_checkpoint_names_step_and_file_and_falls_back(tmp_path, reference):
   model_dir = str(tmp_path / 'run')
-  train.train(mesh=_one_device(), **_kwargs(model_dir, steps=15))
+  tl.run_train(mesh=_one_device(), **_kwargs(model_dir, steps=15))
   damaged = _truncate_largest_array_file(os.path.join(model_dir, 'checkpoints', '15'))
   with pytest.raises(ts.CheckpointRestoreError) as info:
-    train.train(mesh=_one_device(), **_kwargs(model_dir))
+    tl.run_train(mesh=_one_device(), **_kwargs(model_dir))
   message = str(info.value)
   assert 'Checkpoint step 15 in' in message
   assert f'(file {damaged}:' in message
   assert 'Error reading "' in message            # the array
-  assert '(step 10) with --gin.train.restore_fallback=True' in message
+  assert '(step 10) with --gin.configs.SaveCheckpointConfig.restore_fallback=True' in message
   # Nothing was changed by the failed attempt.
   assert _step_dirs(model_dir) == ['10', '15', '5']
   # The fix the message names.
-  result = train.train(mesh=_one_device(), **_kwargs(model_dir, restore_fallback=True))
+  result = tl.run_train(mesh=_one_device(), **_kwargs(model_dir, restore_fallback=True))
   assert [s for s, _ in result['history']][0] == 11
   assert _step_dirs(model_dir) == ['10', '15', '20']
   aside = os.listdir(os.path.join(model_dir, 'corrupt_checkpoints'))
@@ -209,7 +209,7 @@ def test_non_finite_update_stops_before_its_state_is_saved(tmp_path):
       1.0 + jax.numpy.where(step >= 7, jax.numpy.nan, 0.0))
   with pytest.raises(train.NonFiniteLossError,
                      match=r'parameter update .* at step 8;.*last good checkpoint \(step 7\)'):
-    train.train(mesh=_one_device(), **kw)
+    tl.run_train(mesh=_one_device(), **kw)
   assert _step_dirs(model_dir) == ['6', '7']
   state = _state(model_dir, 7)
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state['params']))

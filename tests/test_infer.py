@@ -7,6 +7,7 @@ import orbax.checkpoint as ocp
 import pytest
 import seqio
 
+from spt_jax import configs
 from spt_jax import infer
 from spt_jax import network
 from spt_jax import partitioning
@@ -43,9 +44,9 @@ def test_prompt_file_one_line_per_input_and_matches_greedy(checkpoint, tmp_path)
   lines = ['is the sky blue', '', 'one plus one', 'pick a fruit', 'a dog says', 'snow is']
   prompts_file.write_text('\n'.join(lines) + '\n')
   out = tmp_path / 'out' / 'pred.jsonl'
-  result = infer.infer(checkpoint_path=str(path), output_file=str(out),
-                       input_file=str(prompts_file), vocabulary_path=VOCAB_PATH,
-                       batch_size=8, max_decode_length=6, model=model)
+  result = infer.infer(checkpoint_cfg=configs.RestoreCheckpointConfig(path=str(path)),
+                       output_file=str(out), input_file=str(prompts_file),
+                       vocabulary_path=VOCAB_PATH, batch_size=8, max_decode_length=6, model=model)
   records = [json.loads(l) for l in out.read_text().splitlines()]
   assert result == {'output_file': str(out), 'num_predictions': 5, 'step': 5}
   assert [r['input'] for r in records] == [l for l in lines if l]
@@ -65,9 +66,9 @@ def test_task_examples_with_targets_and_beam(checkpoint, tmp_path):
   model, path, _ = checkpoint
   out = tmp_path / 'pred.jsonl'
   task = test_evaluate.TASKS[0]
-  result = infer.infer(checkpoint_path=str(path), output_file=str(out), task_name=task,
-                       num_examples=5, batch_size=8, max_decode_length=6, model=model,
-                       decoding='beam', num_decodes=2)
+  result = infer.infer(checkpoint_cfg=configs.RestoreCheckpointConfig(path=str(path)),
+                       output_file=str(out), task_name=task, num_examples=5, batch_size=8,
+                       max_decode_length=6, model=model, decoding='beam', num_decodes=2)
   records = [json.loads(l) for l in out.read_text().splitlines()]
   assert result['num_predictions'] == len(records) == 5
   assert all({'input', 'prediction', 'target', 'score'} == set(r) for r in records)
@@ -79,18 +80,20 @@ def test_bad_inputs_give_clear_errors(checkpoint, tmp_path):
   model, path, _ = checkpoint
   out = str(tmp_path / 'p.jsonl')
   with pytest.raises(ValueError, match='exactly one of INFER_TASK'):
-    infer.infer(checkpoint_path=str(path), output_file=out, model=model)
+    infer.infer(checkpoint_cfg=configs.RestoreCheckpointConfig(path=str(path)), output_file=out,
+                model=model)
   with pytest.raises(FileNotFoundError, match='INPUT_FILE'):
-    infer.infer(checkpoint_path=str(path), output_file=out, model=model,
-                input_file=str(tmp_path / 'missing.txt'), vocabulary_path=VOCAB_PATH)
+    infer.infer(checkpoint_cfg=configs.RestoreCheckpointConfig(path=str(path)), output_file=out,
+                model=model, input_file=str(tmp_path / 'missing.txt'), vocabulary_path=VOCAB_PATH)
   prompts_file = tmp_path / 'p.txt'
   prompts_file.write_text('hello\n')
   with pytest.raises(ValueError, match='need a vocabulary'):
-    infer.infer(checkpoint_path=str(path), output_file=out, model=model,
-                input_file=str(prompts_file))
+    infer.infer(checkpoint_cfg=configs.RestoreCheckpointConfig(path=str(path)), output_file=out,
+                model=model, input_file=str(prompts_file))
   with pytest.raises(FileNotFoundError, match='CHECKPOINT_PATH'):
-    infer.infer(checkpoint_path=str(tmp_path / 'nope'), output_file=out, model=model,
-                input_file=str(prompts_file), vocabulary_path=VOCAB_PATH)
+    infer.infer(checkpoint_cfg=configs.RestoreCheckpointConfig(path=str(tmp_path / 'nope')),
+                output_file=out, model=model, input_file=str(prompts_file),
+                vocabulary_path=VOCAB_PATH)
   with pytest.raises(ValueError, match='Unknown task or mixture'):
-    infer.infer(checkpoint_path=str(path), output_file=out, model=model,
-                task_name='sample_super_glue_rte_no_such_template')
+    infer.infer(checkpoint_cfg=configs.RestoreCheckpointConfig(path=str(path)), output_file=out,
+                model=model, task_name='sample_super_glue_rte_no_such_template')

@@ -5,8 +5,8 @@ transformers' `save_pretrained`) and 't5x' (the shared legacy T5X fixture), then
 `python -m spt_jax.evaluate` on the run, and the evaluator directly on the HF directory.
 
 What is checked, and how:
-* The step-0 state of the run (`train.save_initial_checkpoint = True`) holds the backbone
-  exactly as the checkpoint has it. The expected arrays are read here independently of
+* The step-0 state of the run (`configs.SaveCheckpointConfig.save_initial = True`) holds the
+  backbone exactly as the checkpoint has it. The expected arrays are read here independently of
   spt_jax.checkpoints: the HF weights with `safetensors.numpy` and a name map written out in
   this file; the T5X ones with `flax.serialization.msgpack_restore` + tensorstore, opening the
   zarr folders by the names the fixture's README gives them.
@@ -34,7 +34,7 @@ import numpy as np
 import pytest
 
 from spt_jax import checkpoints
-from spt_jax import evaluate
+from spt_jax import configs
 from spt_jax import network
 from spt_jax import runner
 
@@ -120,7 +120,8 @@ def _train(model_dir, start_path, start_format, model_fields, t5_vocab, *extra):
       f"--gin.INITIAL_CHECKPOINT_PATH='{start_path}'",
       f"--gin.INITIAL_CHECKPOINT_FORMAT='{start_format}'",
       f"--gin.MODEL_DIR='{model_dir}'", '--gin.TRAIN_STEPS=2', '--gin.BATCH_SIZE=4',
-      f'--gin.TASK_FEATURE_LENGTHS={LENGTHS!r}', '--gin.train.save_initial_checkpoint=True',
+      f'--gin.TASK_FEATURE_LENGTHS={LENGTHS!r}',
+      '--gin.configs.SaveCheckpointConfig.save_initial=True',
       '--gin.train.log_every_steps=1', *extra])
 
 
@@ -310,12 +311,16 @@ def test_wrong_format_name_is_named_before_any_work(tmp_path, hf_dir):
   from spt_jax import train  # pylint: disable=g-import-not-at-top
   with pytest.raises(ValueError, match=r"INITIAL_CHECKPOINT_FORMAT='huggingface' is not one of "
                      r"\('hf', 't5x', 'orbax'\): 'hf': a transformers T5 folder"):
-    train.train(model_dir=str(tmp_path / 'run'), mixture_or_task_name='no_such_task',
-                task_feature_lengths=LENGTHS, train_steps=1, batch_size=1,
-                initial_checkpoint_path=str(hf_dir), initial_checkpoint_format='huggingface')
+    train.train(model_dir=str(tmp_path / 'run'),
+                dataset_cfg=configs.DatasetConfig('no_such_task', task_feature_lengths=LENGTHS,
+                                                  batch_size=1),
+                train_steps=1,
+                initial_checkpoint_cfg=configs.RestoreCheckpointConfig(str(hf_dir),
+                                                                       format='huggingface'))
   assert not (tmp_path / 'run').exists()  # failed before creating anything
   with pytest.raises(ValueError, match=r"CHECKPOINT_FORMAT='huggingface' is not one of"):
-    evaluate.check_checkpoint(str(hf_dir), 'huggingface')
+    checkpoints.check_checkpoint(str(hf_dir), 'huggingface', path_macro='CHECKPOINT_PATH',
+                                 format_macro='CHECKPOINT_FORMAT', scratch_hint=False)
 
 
 def test_resumed_run_does_not_need_its_initial_checkpoint(tmp_path):
@@ -324,32 +329,36 @@ def test_resumed_run_does_not_need_its_initial_checkpoint(tmp_path):
   (tmp_path / 'run' / 'checkpoints' / '5').mkdir(parents=True)
   # Past the start checks: the next one (the task name) is what fails.
   with pytest.raises(ValueError, match="Unknown task or mixture 'no_such_task'"):
-    train.train(model_dir=str(tmp_path / 'run'), mixture_or_task_name='no_such_task',
-                task_feature_lengths=LENGTHS, train_steps=1, batch_size=1,
-                initial_checkpoint_path=str(tmp_path / 'gone'), initial_checkpoint_format='hf')
+    train.train(model_dir=str(tmp_path / 'run'),
+                dataset_cfg=configs.DatasetConfig('no_such_task', task_feature_lengths=LENGTHS,
+                                                  batch_size=1),
+                train_steps=1,
+                initial_checkpoint_cfg=configs.RestoreCheckpointConfig(str(tmp_path / 'gone'),
+                                                                       format='hf'))
 
 
 def test_format_that_does_not_match_the_directory_is_named(hf_dir, t5x_dir):
   with pytest.raises(ValueError, match=r"holds a 'hf' checkpoint \(it has config.json\) but "
                      r"INITIAL_CHECKPOINT_FORMAT='t5x': set --gin.INITIAL_CHECKPOINT_FORMAT="
                      r"\"'hf'\""):
-    runner.check_initial_checkpoint(str(hf_dir), 't5x')
+    checkpoints.check_checkpoint(str(hf_dir), 't5x')
   with pytest.raises(ValueError, match=r"holds a 't5x' checkpoint .* but "
                      r"INITIAL_CHECKPOINT_FORMAT='hf'"):
-    runner.check_initial_checkpoint(str(t5x_dir), 'hf')
+    checkpoints.check_checkpoint(str(t5x_dir), 'hf')
   # The evaluator's default is 'orbax': an HF folder passed without CHECKPOINT_FORMAT.
   with pytest.raises(ValueError, match=r"CHECKPOINT_FORMAT='orbax': set "
                      r"--gin.CHECKPOINT_FORMAT=\"'hf'\""):
-    evaluate.check_checkpoint(str(hf_dir), 'orbax')
+    checkpoints.check_checkpoint(str(hf_dir), 'orbax', path_macro='CHECKPOINT_PATH',
+                                 format_macro='CHECKPOINT_FORMAT', scratch_hint=False)
   assert checkpoints.detect_format(t5x_dir / 'checkpoint') == 't5x'
-  runner.check_initial_checkpoint(str(hf_dir), 'hf')
-  runner.check_initial_checkpoint(str(t5x_dir), 't5x')
+  checkpoints.check_checkpoint(str(hf_dir), 'hf')
+  checkpoints.check_checkpoint(str(t5x_dir), 't5x')
 
 
 def test_missing_initial_checkpoint_is_named(tmp_path):
   with pytest.raises(FileNotFoundError, match=r"INITIAL_CHECKPOINT_PATH='.*nowhere' does not "
                      r"exist.*INITIAL_CHECKPOINT_PATH = None to train from scratch"):
-    runner.check_initial_checkpoint(str(tmp_path / 'nowhere'), 'hf')
+    checkpoints.check_checkpoint(str(tmp_path / 'nowhere'), 'hf')
 
 
 def _setup(**fields):
@@ -365,7 +374,7 @@ def test_vocab_size_mismatch_with_hf_checkpoint_names_the_binding(hf_dir):
   with pytest.raises(checkpoints.CheckpointMismatchError,
                      match=r'vocab_size: model has 1152, .*config.json has 32128 -> '
                      r'network.T5Config.vocab_size = 32128'):
-    setup.load_initial_params(params, str(hf_dir), 'hf', jax.random.PRNGKey(1))
+    checkpoints.restore(setup, str(hf_dir), 'hf', params=params, rng=jax.random.PRNGKey(1))
 
 
 def test_vocab_size_mismatch_with_t5x_checkpoint_names_the_binding(t5x_dir):
@@ -375,7 +384,7 @@ def test_vocab_size_mismatch_with_t5x_checkpoint_names_the_binding(t5x_dir):
   with pytest.raises(checkpoints.CheckpointMismatchError,
                      match=r'(?s)token_embedder/embedding: expected shape \(1152, 4\), found '
                      r'shape \(32128, 4\).*network.T5Config.vocab_size = 32128'):
-    setup.load_initial_params(params, str(t5x_dir), 't5x', jax.random.PRNGKey(1))
+    checkpoints.restore(setup, str(t5x_dir), 't5x', params=params, rng=jax.random.PRNGKey(1))
 
 
 def test_task_vocabulary_larger_than_the_model_is_refused(t5_vocab):

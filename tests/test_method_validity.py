@@ -316,7 +316,7 @@ def test_gin_overlays_give_equal_prompt_length(mv):
                       [f'prompts.PromptConfig.soft_prompt_length = {prefix}'], [], ['gin'])
   pt = gin_configurables.create_model().network.prompt_config
   assert pt.memory_size == 0 and pt.prefix_length == prefix
-  assert gin.query_parameter('train.trainable') == 'full'
+  assert gin.query_parameter('configs.OptimizerConfig.trainable') == 'full'
   mv.parse_method_gin('finetune', [], [], ['gin'])
   assert gin_configurables.create_model().network.prompt_config is None
   for method in ('spt_paper', 'spt_fixed_random'):
@@ -329,11 +329,11 @@ def test_stage_two_gin_freezes_the_backbone_and_restores_the_orbax_run(mv):
   import gin
   config = mv.resolve_method('spt', 2, initial_checkpoint='/tmp/stage1_run')
   mv.parse_config(config)
-  assert gin.query_parameter('train.trainable') == 'prompts_only'
+  assert gin.query_parameter('configs.OptimizerConfig.trainable') == 'prompts_only'
   assert gin.query_parameter('%INITIAL_CHECKPOINT_FORMAT') == 'orbax'
   assert gin.query_parameter('%INITIAL_CHECKPOINT_PATH') == '/tmp/stage1_run'
   assert gin.query_parameter('%MIXTURE_OR_TASK_NAME') == 'spt_sample_heldout_fewshot_train'
-  assert gin.query_parameter('train.learning_rate') == pytest.approx(0.3)
+  assert gin.query_parameter('configs.OptimizerConfig.learning_rate') == pytest.approx(0.3)
   assert int(gin.query_parameter('%TRANSFER_STEPS')) > 0
   if mv.KEY_INIT_FIELD in mv._prompt_config_fields():   # no step-0 re-init of the keys
     assert gin.query_parameter('prompts.PromptConfig.key_init') == 'values_mean'

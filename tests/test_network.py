@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from spt_jax import checkpoint_readers
 from spt_jax import checkpoints
 from spt_jax import network
 from spt_jax import partitioning
@@ -53,8 +54,8 @@ def _shift_right(targets):
 def test_param_tree_and_logical_axes_are_t5x(config):
   _, params = _init(config, abstract=True)
   flat = checkpoints.flatten(params)
-  assert {k: tuple(v.unbox().shape) for k, v in flat.items()} == checkpoints.t5x_param_shapes(
-      config)
+  shapes = {k: tuple(v.unbox().shape) for k, v in flat.items()}
+  assert shapes == checkpoint_readers.t5x_param_shapes(config)
   assert all(v.unbox().dtype == jnp.float32 for v in flat.values())
   axes = {k: tuple(v.names) for k, v in flat.items()}
   # T5X's logical axis names for each kind of parameter.

@@ -37,6 +37,7 @@ import jax
 import numpy as np
 import pytest
 
+from spt_jax import configs
 from spt_jax import models as models_lib
 from spt_jax import network
 from spt_jax import optim
@@ -202,6 +203,7 @@ def _run_t5x(t5x, tmp_path, task_name, prompt_config, num_partitions, factors, b
 def _run_ours(tmp_path, task_name, checkpoint_0, prompt_config, num_partitions, factors,
               base_lr, warmup, num_microbatches=1):
   """`spt_jax.train.train` from T5X's checkpoint 0; (losses, final params, result)."""
+  from spt_jax import partitioning  # pylint: disable=g-import-not-at-top
   network_cls = network.Transformer(CONFIG, prompt_config=prompt_config)
   model = models_lib.EncoderDecoderModel(network_cls, z_loss=Z_LOSS, label_smoothing=0.0,
                                          loss_normalizing_factor=None)
@@ -212,15 +214,19 @@ def _run_ours(tmp_path, task_name, checkpoint_0, prompt_config, num_partitions, 
     schedule = optim.create_schedule('rsqrt', base_lr, warmup_steps=warmup, linear_warmup=True,
                                      warmup_offset=0.0, min_learning_rate=1e-8)
   result = train_lib.train(
-      model_dir=str(tmp_path / 'ours'), mixture_or_task_name=task_name,
-      task_feature_lengths=FEATURE_LENGTHS, train_steps=STEPS, batch_size=BATCH_SIZE,
-      model=model, optimizer='adafactor', learning_rate_schedule=schedule, trainable='full',
-      adafactor_kwargs={'multiply_by_parameter_scale': True, 'factor_rules': 't5x'},
-      initial_checkpoint_path=str(checkpoint_0), initial_checkpoint_format='t5x',
-      use_cached_tasks=True, pack=False, shuffle=False, seed=0,
-      num_partitions=num_partitions, num_microbatches=num_microbatches, save_every_steps=0,
-      keep_checkpoints=1,
-      async_checkpointing=False, log_every_steps=STEPS)
+      model_dir=str(tmp_path / 'ours'),
+      dataset_cfg=configs.DatasetConfig(task_name, task_feature_lengths=FEATURE_LENGTHS,
+                                        batch_size=BATCH_SIZE, use_cached=True, pack=False,
+                                        shuffle=False, seed=0),
+      train_steps=STEPS, model=model,
+      optimizer_cfg=configs.OptimizerConfig(
+          optimizer='adafactor', learning_rate_schedule=schedule, trainable='full',
+          adafactor_kwargs={'multiply_by_parameter_scale': True, 'factor_rules': 't5x'},
+          num_microbatches=num_microbatches),
+      initial_checkpoint_cfg=configs.RestoreCheckpointConfig(str(checkpoint_0), format='t5x'),
+      checkpoint_cfg=configs.SaveCheckpointConfig(every_steps=0, keep=1, async_save=False),
+      partitioner=partitioning.Partitioner(num_partitions=num_partitions),
+      log_every_steps=STEPS)
   assert result['step'] == STEPS
   losses = [vals['loss'] for _, vals in sorted(result['history'], key=lambda x: x[0])]
   final = jax.tree.map(np.asarray, jax.device_get(result['state'].params))

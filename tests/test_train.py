@@ -64,7 +64,7 @@ def test_end_to_end_loss_falls_writes_and_resumes(tmp_path):
       return {'param_norm': float(optim.global_norm(params))}
     return evaluate
 
-  result = train.train(mesh=_one_device(), eval_hook_factory=eval_hook_factory,
+  result = tl.run_train(mesh=_one_device(), eval_hook_factory=eval_hook_factory,
                        eval_every_steps=15, **kw)
   assert seen == [15, 30]
   losses = _losses(result)
@@ -86,10 +86,10 @@ def test_end_to_end_loss_falls_writes_and_resumes(tmp_path):
   assert perf and all(r['perf/tokens_per_sec'] > 0 and 'perf/mfu' in r for r in perf)
   # A second invocation with more steps resumes from step 30.
   kw.update(train_steps=35)
-  again = train.train(mesh=_one_device(), **kw)
+  again = tl.run_train(mesh=_one_device(), **kw)
   assert [s for s, _ in again['history']] == [31, 32, 33, 34, 35]
   # Nothing to do once TRAIN_STEPS is reached.
-  done = train.train(mesh=_one_device(), **kw)
+  done = tl.run_train(mesh=_one_device(), **kw)
   assert done['step'] == 35 and not done['history']
 
 
@@ -101,7 +101,7 @@ def test_mesh_equivalence(tmp_path):
                      ('2x4', partitioning.create_mesh(mesh_shape=(2, 4)))):
     kw = tl.reference_kwargs(str(tmp_path / name), 20, dropout_rate=0.0)
     kw.update(save_every_steps=0, log_every_steps=20)
-    runs[name] = train.train(mesh=mesh, **kw)
+    runs[name] = tl.run_train(mesh=mesh, **kw)
   ref = _losses(runs['1'])
   for name in ('4x2', '2x4'):
     got = _losses(runs[name])
@@ -119,7 +119,7 @@ class _Crash(Exception):
 
 def test_exact_resume_after_crash_in_process(tmp_path):
   """A crash (no clean-up save) after step 12, restart to 20 == uninterrupted, with dropout."""
-  a = train.train(mesh=_one_device(), **tl.reference_kwargs(str(tmp_path / 'a'), 20))
+  a = tl.run_train(mesh=_one_device(), **tl.reference_kwargs(str(tmp_path / 'a'), 20))
 
   def crash(step, state):
     del state
@@ -128,9 +128,9 @@ def test_exact_resume_after_crash_in_process(tmp_path):
 
   b_dir = str(tmp_path / 'b')
   with pytest.raises(_Crash):
-    train.train(mesh=_one_device(), hooks=[crash], **tl.reference_kwargs(b_dir, 20))
+    tl.run_train(mesh=_one_device(), hooks=[crash], **tl.reference_kwargs(b_dir, 20))
   assert ts.Checkpointer(b_dir).latest_step() == 10
-  b = train.train(mesh=_one_device(), **tl.reference_kwargs(b_dir, 20))
+  b = tl.run_train(mesh=_one_device(), **tl.reference_kwargs(b_dir, 20))
   assert [s for s, _ in b['history']] == list(range(11, 21))
   la, lb = _losses(a), _losses(b)
   for s in range(13, 21):
@@ -146,11 +146,11 @@ def test_sigterm_in_process_saves_current_step_and_resumes(tmp_path):
     if step == 7:
       os.kill(os.getpid(), signal.SIGTERM)
 
-  r = train.train(mesh=_one_device(), hooks=[preempt], **tl.reference_kwargs(model_dir, 12))
+  r = tl.run_train(mesh=_one_device(), hooks=[preempt], **tl.reference_kwargs(model_dir, 12))
   assert r['preempted'] and r['step'] == 7
   assert ts.Checkpointer(model_dir).latest_step() == 7
   assert signal.getsignal(signal.SIGTERM) is not None  # handler restored
-  again = train.train(mesh=_one_device(), **tl.reference_kwargs(model_dir, 12))
+  again = tl.run_train(mesh=_one_device(), **tl.reference_kwargs(model_dir, 12))
   assert [s for s, _ in again['history']] == [8, 9, 10, 11, 12]
 
 
@@ -159,14 +159,14 @@ def test_microbatching_matches_full_batch(tmp_path):
   for n in (1, 2):
     kw = tl.reference_kwargs(str(tmp_path / f'mb{n}'), 3, dropout_rate=0.0)
     kw.update(save_every_steps=0, num_microbatches=n)
-    out[n] = train.train(mesh=partitioning.create_mesh(mesh_shape=(2, 1),
+    out[n] = tl.run_train(mesh=partitioning.create_mesh(mesh_shape=(2, 1),
                                                        devices=jax.devices()[:2]), **kw)
   for s in (1, 2, 3):
     assert _losses(out[2])[s] == pytest.approx(_losses(out[1])[s], rel=1e-5)
   _assert_trees_close(jax.device_get(out[1]['state'].params),
                       jax.device_get(out[2]['state'].params), 1e-5)
   with pytest.raises(ValueError, match='num_microbatches=3 must divide'):
-    train.train(mesh=_one_device(), **dict(tl.reference_kwargs(str(tmp_path / 'x'), 1),
+    tl.run_train(mesh=_one_device(), **dict(tl.reference_kwargs(str(tmp_path / 'x'), 1),
                                            num_microbatches=3))
 
 
@@ -175,13 +175,13 @@ def test_initial_checkpoint_orbax_partial_restore(tmp_path):
   src = str(tmp_path / 'src')
   kw = tl.reference_kwargs(src, 2, dropout_rate=0.0)
   kw['model'] = tl.tiny_model(prompt_config=None)
-  train.train(mesh=_one_device(), **kw)
+  tl.run_train(mesh=_one_device(), **kw)
   backbone = _final_params(src, 2)
   dst = str(tmp_path / 'dst')
   kw = tl.reference_kwargs(dst, 1, dropout_rate=0.0)
   kw.update(initial_checkpoint_path=src, initial_checkpoint_format='orbax',
             learning_rate=0.0)
-  r = train.train(mesh=_one_device(), **kw)
+  r = tl.run_train(mesh=_one_device(), **kw)
   got = jax.device_get(r['state'].params)
   np.testing.assert_array_equal(got['decoder']['logits_dense']['kernel'],
                                 backbone['decoder']['logits_dense']['kernel'])
@@ -200,7 +200,7 @@ def test_memory_keys_from_an_initial_checkpoint_are_kept_and_drawn_only_when_abs
   src = str(tmp_path / 'src')
   kw = tl.reference_kwargs(src, 2, dropout_rate=0.0)
   kw['model'] = tl.tiny_model(prompt_config=kmeans)
-  train.train(mesh=_one_device(), **kw)
+  tl.run_train(mesh=_one_device(), **kw)
   trained = _final_params(src, 2)
   t5x_dir = tmp_path / 't5x' / 'checkpoint_2'
   t5x_dir.mkdir(parents=True)
@@ -221,7 +221,7 @@ def test_memory_keys_from_an_initial_checkpoint_are_kept_and_drawn_only_when_abs
 
     train._init_keys_from_data = spy  # pylint: disable=protected-access
     try:
-      return jax.device_get(train.train(mesh=_one_device(), **kw)['state'].params)
+      return jax.device_get(tl.run_train(mesh=_one_device(), **kw)['state'].params)
     finally:
       train._init_keys_from_data = original  # pylint: disable=protected-access
 
@@ -236,7 +236,7 @@ def test_memory_keys_from_an_initial_checkpoint_are_kept_and_drawn_only_when_abs
   plain = str(tmp_path / 'plain')
   kw = tl.reference_kwargs(plain, 1, dropout_rate=0.0)
   kw['model'] = tl.tiny_model(prompt_config=None)
-  train.train(mesh=_one_device(), **kw)
+  tl.run_train(mesh=_one_device(), **kw)
   run('from_plain', plain, 'orbax')
   assert drawn == ['from_plain']
 
@@ -245,30 +245,30 @@ def test_bad_inputs(tmp_path):
   kw = tl.reference_kwargs(str(tmp_path / 'bad'), 3, dropout_rate=0.0)
   # Unknown task: the closest registered names are listed.
   with pytest.raises(ValueError, match="closest registered names: \\['spt_trainer_test_copy'"):
-    train.train(mesh=_one_device(), **dict(kw, mixture_or_task_name='spt_trainer_test_cpy'))
+    tl.run_train(mesh=_one_device(), **dict(kw, mixture_or_task_name='spt_trainer_test_cpy'))
   # Batch size not divisible by the data-parallel size.
   with pytest.raises(ValueError, match='BATCH_SIZE=6 is not divisible by the data-parallel size 4'):
-    train.train(mesh=partitioning.create_mesh(mesh_shape=(4, 2)), **dict(kw, batch_size=6))
+    tl.run_train(mesh=partitioning.create_mesh(mesh_shape=(4, 2)), **dict(kw, batch_size=6))
   # Missing initial checkpoint.
   with pytest.raises(FileNotFoundError, match='INITIAL_CHECKPOINT_PATH'):
-    train.train(mesh=_one_device(), **dict(kw, initial_checkpoint_path=str(tmp_path / 'nope'),
+    tl.run_train(mesh=_one_device(), **dict(kw, initial_checkpoint_path=str(tmp_path / 'nope'),
                                            initial_checkpoint_format='orbax'))
   # Initial checkpoint with mismatched shapes: the parameter is named.
   src = str(tmp_path / 'wide')
-  train.train(mesh=_one_device(), **dict(tl.reference_kwargs(src, 1), model=tl.tiny_model(
+  tl.run_train(mesh=_one_device(), **dict(tl.reference_kwargs(src, 1), model=tl.tiny_model(
       mlp_dim=96)))
   with pytest.raises(checkpoints.CheckpointMismatchError, match='wi_0/kernel'):
-    train.train(mesh=_one_device(), **dict(kw, model_dir=str(tmp_path / 'b2'),
+    tl.run_train(mesh=_one_device(), **dict(kw, model_dir=str(tmp_path / 'b2'),
                                            initial_checkpoint_path=src,
                                            initial_checkpoint_format='orbax'))
   # MODEL_DIR not writable (a path below a regular file).
   blocker = tmp_path / 'file'
   blocker.write_text('x')
   with pytest.raises(PermissionError, match='MODEL_DIR=.*not writable'):
-    train.train(mesh=_one_device(), **dict(kw, model_dir=str(blocker / 'run')))
+    tl.run_train(mesh=_one_device(), **dict(kw, model_dir=str(blocker / 'run')))
   # Packing with prompts.
   with pytest.raises(ValueError, match='pack=True cannot be used'):
-    train.train(mesh=_one_device(), **dict(kw, model_dir=str(tmp_path / 'p'), pack=True))
+    tl.run_train(mesh=_one_device(), **dict(kw, model_dir=str(tmp_path / 'p'), pack=True))
   # Unknown gin binding.
   import gin  # pylint: disable=g-import-not-at-top
   with gin.unlock_config():
@@ -285,7 +285,7 @@ def test_nan_loss_stops_naming_step_and_keeps_good_checkpoint(tmp_path):
   kw['learning_rate_schedule'] = lambda step: np.float32(1e-2) * (
       1.0 + jax.numpy.where(step >= 6, jax.numpy.nan, 0.0))
   with pytest.raises(train.NonFiniteLossError, match='parameter update .* at step 7;.*last good checkpoint \\(step 5\\)'):
-    train.train(mesh=_one_device(), **kw)
+    tl.run_train(mesh=_one_device(), **kw)
   assert ts.Checkpointer(model_dir).all_steps() == [5]
   params = _final_params(model_dir, 5)
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
@@ -301,7 +301,7 @@ def test_gin_configs_parse_and_bind_trainer():
       gin.clear_config()
     runner.parse_gin([f'methods/{method}.gin', 'runs/local.gin'],
                      ["MODEL_DIR = '/tmp/unused'"], ['gin'], finalize=False)
-    assert gin.query_parameter('train.trainable') == trainable
+    assert gin.query_parameter('configs.OptimizerConfig.trainable') == trainable
     assert gin.query_parameter('%MIXTURE_OR_TASK_NAME') == 'spt_sample_train_premixed'
     model = gin_configurables.create_model()
     assert model.network.config.emb_dim == 64 and model.network.config.num_encoder_layers == 2
@@ -351,7 +351,7 @@ def test_readme_local_spt_run_command_line(tmp_path):
   cmd = [sys.executable, '-m', 'spt_jax.train', '--gin_search_paths=gin',
          '--gin_file=methods/spt.gin', '--gin_file=runs/local.gin',
          f"--gin.MODEL_DIR='{model_dir}'", '--gin.TRAIN_STEPS=20',
-         '--gin.train.log_every_steps=5', '--gin.train.save_every_steps=10']
+         '--gin.train.log_every_steps=5', '--gin.configs.SaveCheckpointConfig.every_steps=10']
   out = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=1500)
   assert out.returncode == 0, out.stderr[-3000:]
   records = tl.read_metrics(model_dir)
@@ -381,7 +381,7 @@ def _healthy_kwargs(model_dir, steps, dropout_rate=0.1, **prompt_overrides):
 
 def test_memory_health_metrics_and_restart_state(tmp_path):
   model_dir = str(tmp_path / 'run')
-  result = train.train(mesh=_one_device(), **_healthy_kwargs(model_dir, 6))
+  result = tl.run_train(mesh=_one_device(), **_healthy_kwargs(model_dir, 6))
   records = tl.read_metrics(model_dir)
   for key in ('retrieval/cumulative_never_used_fraction',
               'retrieval/cumulative_normalized_entropy', 'retrieval/balance_loss',
@@ -400,7 +400,7 @@ def test_memory_health_metrics_and_restart_state(tmp_path):
 
 def test_exact_resume_with_memory_restart_state(tmp_path):
   """Crash after step 7 (checkpoint at 5), resume to 11 == uninterrupted, restarts on."""
-  a = train.train(mesh=_one_device(), **_healthy_kwargs(str(tmp_path / 'a'), 11))
+  a = tl.run_train(mesh=_one_device(), **_healthy_kwargs(str(tmp_path / 'a'), 11))
 
   def crash(step, state):
     del state
@@ -409,8 +409,8 @@ def test_exact_resume_with_memory_restart_state(tmp_path):
 
   b_dir = str(tmp_path / 'b')
   with pytest.raises(_Crash):
-    train.train(mesh=_one_device(), hooks=[crash], **_healthy_kwargs(b_dir, 11))
-  b = train.train(mesh=_one_device(), **_healthy_kwargs(b_dir, 11))
+    tl.run_train(mesh=_one_device(), hooks=[crash], **_healthy_kwargs(b_dir, 11))
+  b = tl.run_train(mesh=_one_device(), **_healthy_kwargs(b_dir, 11))
   assert [s for s, _ in b['history']] == list(range(6, 12))
   la, lb = _losses(a), _losses(b)
   for s in range(6, 12):
@@ -433,7 +433,7 @@ def test_memory_usage_composes_with_microbatching(tmp_path):
     kw = _healthy_kwargs(str(tmp_path / f'mb{n}'), 3, dropout_rate=0.0, key_init='queries',
                          balance_loss_weight=0.)
     kw.update(save_every_steps=0, num_microbatches=n)
-    out[n] = train.train(mesh=partitioning.create_mesh(mesh_shape=(2, 1),
+    out[n] = tl.run_train(mesh=partitioning.create_mesh(mesh_shape=(2, 1),
                                                        devices=jax.devices()[:2]), **kw)
   sa = jax.device_get(out[1]['state'].model_state)['memory_stats']['encoder']['memory_bank']
   sb = jax.device_get(out[2]['state'].model_state)['memory_stats']['encoder']['memory_bank']

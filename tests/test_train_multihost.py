@@ -25,7 +25,7 @@ def _task():
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
   """jax.distributed on localhost (gloo): 2 processes x 2 devices == 1 process x 4 devices."""
-  ref = train.train(
+  ref = tl.run_train(
       mesh=partitioning.create_mesh(mesh_shape=(4, 1), devices=jax.devices()[:4]),
       **dict(tl.reference_kwargs(str(tmp_path / 'one'), 10, dropout_rate=0.0),
              input_sharding='slice_global_batch'))

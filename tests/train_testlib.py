@@ -3,7 +3,6 @@
 The task `spt_trainer_test_copy` is a copy task over a fixed pseudo-random word stream
 (learnable in a few steps by a tiny T5), built on seqio's offline test vocabulary.
 """
-import functools
 
 import numpy as np
 import seqio
@@ -79,7 +78,7 @@ def main(argv):
   """
   import ast  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  from spt_jax import partitioning, train  # pylint: disable=g-import-not-at-top
+  from spt_jax import partitioning  # pylint: disable=g-import-not-at-top
   register_task()
   kwargs = dict(arg.split('=', 1) for arg in argv[3:])
   kwargs = {k: ast.literal_eval(v) for k, v in kwargs.items()}
@@ -90,7 +89,55 @@ def main(argv):
     mesh = partitioning.create_mesh()
   else:
     mesh = partitioning.create_mesh(devices=jax.devices()[:1])
-  train.train(**reference_kwargs(argv[1], int(argv[2]), dropout), mesh=mesh, **kwargs)
+  run_train(**reference_kwargs(argv[1], int(argv[2]), dropout), mesh=mesh, **kwargs)
+
+
+# Which config group (spt_jax/configs.py, partitioning.Partitioner) a run setting belongs
+# to, and its field name there: the tests describe a run by its settings, as the gin macros do.
+_GROUPS = {
+    'dataset_cfg': ('DatasetConfig', {
+        'mixture_or_task_name': 'mixture_or_task_name',
+        'task_feature_lengths': 'task_feature_lengths', 'batch_size': 'batch_size',
+        'use_cached_tasks': 'use_cached', 'pack': 'pack', 'shuffle': 'shuffle', 'seed': 'seed',
+        'input_sharding': 'input_sharding', 'pipeline_autotune': 'autotune'}),
+    'optimizer_cfg': ('OptimizerConfig', {
+        k: k for k in ('optimizer', 'learning_rate', 'learning_rate_schedule', 'trainable',
+                       'grad_clip_norm', 'adafactor_kwargs', 'num_microbatches',
+                       'sum_microbatch_grads')}),
+    'initial_checkpoint_cfg': ('RestoreCheckpointConfig', {
+        'initial_checkpoint_path': 'path', 'initial_checkpoint_format': 'format',
+        'init_prompts_from_embedding': 'reinit_prompts'}),
+    'checkpoint_cfg': ('SaveCheckpointConfig', {
+        'save_every_steps': 'every_steps', 'keep_checkpoints': 'keep',
+        'save_initial_checkpoint': 'save_initial', 'async_checkpointing': 'async_save',
+        'restore_fallback': 'restore_fallback'}),
+    'partitioner': ('Partitioner', {
+        k: k for k in ('num_partitions', 'mesh_shape', 'activation_partitioning_dims',
+                       'parameter_partitioning_dims', 'mesh')}),
+}
+
+
+def train_args(**settings):
+  """`train.train` keyword arguments (config groups) from flat run settings."""
+  from spt_jax import configs, partitioning  # pylint: disable=g-import-not-at-top
+  classes = {'DatasetConfig': configs.DatasetConfig, 'OptimizerConfig': configs.OptimizerConfig,
+             'RestoreCheckpointConfig': configs.RestoreCheckpointConfig,
+             'SaveCheckpointConfig': configs.SaveCheckpointConfig,
+             'Partitioner': partitioning.Partitioner}
+  args = {}
+  for arg, (cls, fields) in _GROUPS.items():
+    values = {field: settings.pop(key) for key, field in fields.items() if key in settings}
+    if arg == 'initial_checkpoint_cfg':
+      values.setdefault('format', 'hf')   # the INITIAL_CHECKPOINT_FORMAT default
+    if values or arg == 'dataset_cfg':
+      args[arg] = classes[cls](**values)
+  return {**settings, **args}
+
+
+def run_train(**settings):
+  """`train.train` of a run given by flat settings (see `train_args`)."""
+  from spt_jax import train  # pylint: disable=g-import-not-at-top
+  return train.train(**train_args(**settings))
 
 
 def reference_kwargs(model_dir, steps, dropout_rate=0.1):
