@@ -101,8 +101,8 @@ def train_step_consumption(batch, steps: int) -> dict:
   """Examples/s of the tiny SPT train step (runs/local.gin's model and method, batch 16)."""
   import gin  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
+  from spt_jax import cli  # pylint: disable=g-import-not-at-top
   from spt_jax import partitioning  # pylint: disable=g-import-not-at-top
-  from spt_jax import runner  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, str(REPO / 'benchmarks'))
   import train_throughput  # pylint: disable=g-import-not-at-top
   import logging as py_logging  # pylint: disable=g-import-not-at-top
@@ -111,8 +111,8 @@ def train_step_consumption(batch, steps: int) -> dict:
   level = root.level
   root.setLevel(py_logging.CRITICAL)  # gin logs every search path it tries for an include
   try:
-    runner.parse_gin(['methods/spt.gin', 'runs/local.gin'], ["MODEL_DIR='/tmp/unused'"],
-                     finalize=False)
+    cli.parse_gin(['methods/spt.gin', 'runs/local.gin'], ["MODEL_DIR='/tmp/unused'"],
+                  finalize=False)
   finally:
     root.setLevel(level)
   from spt_jax import gin_configurables  # pylint: disable=g-import-not-at-top

@@ -57,7 +57,6 @@ import zlib
 from typing import Any, Callable, Optional, Sequence
 
 from absl import logging
-import gin
 import seqio
 
 from spt_jax import metrics
@@ -732,12 +731,6 @@ def with_vocabulary(name: str = TRAIN_MIXTURE, sentencepiece_model: Optional[str
                      'another vocabulary this way.')
   use_vocabulary(sentencepiece_model, extra_ids)
   return name
-
-
-try:
-  gin.external_configurable(with_vocabulary, name='with_vocabulary', module='sample')
-except ValueError:  # already registered: the module was reloaded (or also run as __main__)
-  pass
 
 
 # ---------------------------------------------------------------------------
