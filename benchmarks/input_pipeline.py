@@ -12,8 +12,8 @@ the first batch (start-up) and then over a window of batches (rate):
            fly with the real promptsource templates and the real T5 vocabulary over fake raw
            data (`spt_tasks.mock_data`: HF rows injected, TFDS rows via tfds.testing.mock_data).
            Goal: >= 75 examples/s per core.
-  p3       the same templates' examples written in P3's on-disk format (a seqio 0.0.6 task
-           cache, /work/shared/data/p3/FORMAT.md) by the project's cache writer
+  p3       the same templates' examples written in P3's on-disk format (each P3 `data/<task>/`
+           folder is a seqio 0.0.6 task cache) by the project's cache writer
            (`spt_tasks.cache.write_task_cache`), registered by `spt_tasks.p3.register(data_dir)`
            and read as `p3_*` tasks. Goal: >= 300 examples/s per core.
   cached   one seqio task read from a cache (USE_CACHED_TASKS=True) that the project's command

@@ -1,6 +1,7 @@
 """The embedded sample mixture: small, generated, prompted with REAL templates.
 
-Used by the local run, the tests and the method-validity experiment (issue 8). It
+Used by the local run, the tests and the method-validity experiment
+(benchmarks/method_validity.py). It
 imitates the shape of T0's multitask prompted training and zero-shot evaluation
 at a size a tiny T5 learns on CPU in a few hundred steps:
 

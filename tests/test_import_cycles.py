@@ -191,6 +191,25 @@ def test_project_has_no_import_cycle():
   assert not cycles, 'Import cycles among the project modules:\n' + describe(cycles)
 
 
+def test_only_the_command_line_and_the_registries_know_gin():
+  """One registration style: each package's gin registry (`gin.external_configurable`), imported
+  by the command line (spt_jax.cli) and gin files' `import` lines, by no library module."""
+  registries = {'spt_jax.gin_configurables', 'spt_tasks.gin_configurables'}
+  modules = discover(ROOT, PACKAGES, ())
+  gin_users = set()
+  for name, path in modules.items():
+    for node in _imports([ast.parse(path.read_text())]):
+      names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+               else [node.module or ''] if not node.level else [])
+      if any(n == 'gin' or n.startswith('gin.') for n in names):
+        gin_users.add(name)
+  assert gin_users == {'spt_jax.cli'} | registries
+  graph = import_graph(modules)
+  importers = {r: {m for m, edges in graph.items() if r in edges} for r in registries}
+  assert importers == {'spt_jax.gin_configurables': {'spt_jax.cli'},
+                       'spt_tasks.gin_configurables': set()}
+
+
 def test_no_python_module_under_gin():
   assert not sorted((ROOT / 'gin').rglob('*.py'))
 
