@@ -1,6 +1,6 @@
 r"""One train step of our jitted T5 vs transformers' PyTorch T5, side by side on this CPU.
 
-Same config (default: T5.1.1-small dims as given in issue 2 — d 512, 6 heads, head_dim 64,
+Same config (default: T5.1.1-small's dimensions — d 512, 6 heads, head_dim 64,
 mlp 1024, 8+8 layers, vocab 32128, gated-GELU, untied logits), same weights (the PyTorch model
 is saved with `save_pretrained` and read back with `checkpoints.load_hf_t5`), same batch
 (8 x 256 inputs, 8 x 64 targets, float32), same loss (token-mean cross entropy, no z-loss) and

@@ -12,8 +12,8 @@ the first batch (start-up) and then over a window of batches (rate):
            fly with the real promptsource templates and the real T5 vocabulary over fake raw
            data (`spt_tasks.mock_data`: HF rows injected, TFDS rows via tfds.testing.mock_data).
            Goal: >= 75 examples/s per core.
-  p3       the same templates' examples written in P3's on-disk format (a seqio 0.0.6 task
-           cache, /work/shared/data/p3/FORMAT.md) by the project's cache writer
+  p3       the same templates' examples written in P3's on-disk format (each P3 `data/<task>/`
+           folder is a seqio 0.0.6 task cache) by the project's cache writer
            (`spt_tasks.cache.write_task_cache`), registered by `spt_tasks.p3.register(data_dir)`
            and read as `p3_*` tasks. Goal: >= 300 examples/s per core.
   cached   one seqio task read from a cache (USE_CACHED_TASKS=True) that the project's command
@@ -101,8 +101,8 @@ def train_step_consumption(batch, steps: int) -> dict:
   """Examples/s of the tiny SPT train step (runs/local.gin's model and method, batch 16)."""
   import gin  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
+  from spt_jax import cli  # pylint: disable=g-import-not-at-top
   from spt_jax import partitioning  # pylint: disable=g-import-not-at-top
-  from spt_jax import runner  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, str(REPO / 'benchmarks'))
   import train_throughput  # pylint: disable=g-import-not-at-top
   import logging as py_logging  # pylint: disable=g-import-not-at-top
@@ -111,8 +111,8 @@ def train_step_consumption(batch, steps: int) -> dict:
   level = root.level
   root.setLevel(py_logging.CRITICAL)  # gin logs every search path it tries for an include
   try:
-    runner.parse_gin(['methods/spt.gin', 'runs/local.gin'], ["MODEL_DIR='/tmp/unused'"],
-                     finalize=False)
+    cli.parse_gin(['methods/spt.gin', 'runs/local.gin'], ["MODEL_DIR='/tmp/unused'"],
+                  finalize=False)
   finally:
     root.setLevel(level)
   from spt_jax import gin_configurables  # pylint: disable=g-import-not-at-top

@@ -107,6 +107,7 @@ import gin
 import jax
 import numpy as np
 
+from spt_jax import cli
 from spt_jax import configs
 from spt_jax import evaluate as evaluate_lib
 from spt_jax import gin_configurables
@@ -229,7 +230,7 @@ def _repo_root() -> str:
 
 
 def gin_file_exists(name: str, search_paths: Sequence[str]) -> bool:
-  """Whether `name` resolves under a search path (as `runner.parse_gin` searches them)."""
+  """Whether `name` resolves under a search path (as `cli.parse_gin` searches them)."""
   for path in search_paths:
     for candidate in (path, os.path.join(_repo_root(), path)):
       if os.path.isfile(os.path.join(candidate, name)):
@@ -306,8 +307,8 @@ def resolve_method(method: str, stage: int = 1, *, bindings: Sequence[str] = (),
 def parse_config(config: MethodConfig, search_paths: Sequence[str] = ('gin',)) -> None:
   """Clears gin and parses one configuration (not finalized: MODEL_DIR comes later)."""
   gin.clear_config()
-  runner.parse_gin(list(config.gin_files), list(config.bindings), search_paths,
-                   finalize=False)
+  cli.parse_gin(list(config.gin_files), list(config.bindings), search_paths,
+                finalize=False)
 
 
 def parse_method_gin(method: str, bindings: Sequence[str] = (), extra_files: Sequence[str] = (),
@@ -1594,11 +1595,11 @@ def main(argv: Sequence[str]) -> None:
                  seeds=[int(s) for s in _SEEDS.value], steps=_STEPS.value,
                  transfer_steps=_TRANSFER_STEPS.value,
                  transfer_methods=_TRANSFER_METHODS.value, quick=_QUICK.value,
-                 gin_files=runner.GIN_FILE.value, gin_bindings=runner.GIN_BINDINGS.value,
-                 gin_search_paths=runner.GIN_SEARCH_PATHS.value,
+                 gin_files=cli.GIN_FILE.value, gin_bindings=cli.GIN_BINDINGS.value,
+                 gin_search_paths=cli.GIN_SEARCH_PATHS.value,
                  command=' '.join(['python benchmarks/method_validity.py'] + sys.argv[1:]),
                  compilation_cache=_COMPILATION_CACHE.value)
 
 
 if __name__ == '__main__':
-  app.run(main, argv=runner.rewrite_gin_args(sys.argv))
+  app.run(main, argv=cli.rewrite_gin_args(sys.argv))

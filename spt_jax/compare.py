@@ -28,7 +28,6 @@ grouped bars (one group per dataset, one bar per run).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 import pathlib
@@ -36,6 +35,8 @@ import re
 import sys
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
+from absl import app
+from absl import flags
 from absl import logging
 import numpy as np
 
@@ -47,6 +48,21 @@ PathLike = Union[str, pathlib.Path]
 COMPARISON_MD = 'comparison.md'
 COMPARISON_CSV = 'comparison.csv'
 COMPARISON_PNG = 'comparison.png'
+
+# The command line's flags, in their own FlagValues: importing this module (tests, the
+# evaluation code) defines no process-wide flag, so it cannot collide with another program's
+# `--output_dir`.
+_FLAG_VALUES = flags.FlagValues()
+_OUTPUT_DIR = flags.DEFINE_string('output_dir', 'comparison',
+                                  'Where comparison.{md,csv,png} go.',
+                                  flag_values=_FLAG_VALUES)
+_NAMES = flags.DEFINE_list('names', None,
+                           'Comma-separated run names (default: directory names).',
+                           flag_values=_FLAG_VALUES)
+_STAT = flags.DEFINE_enum('stat', 'median', ['median', 'mean', 'min', 'max'],
+                          'Per-dataset statistic over templates.', flag_values=_FLAG_VALUES)
+_PROGRAM = 'python -m spt_jax.compare'
+_HELP = ('-h', '-?', '--help', '--helpshort', '--helpfull')
 
 
 def _natural_key(path: pathlib.Path) -> list:
@@ -286,41 +302,64 @@ def run(run_dirs: Sequence[PathLike], output_dir: PathLike = 'comparison',
   return write_comparison(table, output_dir)
 
 
-def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
-      prog='python -m spt_jax.compare',
-      description='Compare evaluated runs side by side (see module docstring '
-      'for how each RUN_DIR\'s results.json is found).')
-  parser.add_argument('run_dirs', nargs='+', metavar='RUN_DIR',
-                      help='run directory or results.json; the first is the '
-                      'reference for differences')
-  parser.add_argument('--output_dir', default='comparison',
-                      help='where comparison.{md,csv,png} go (default: '
-                      './comparison)')
-  parser.add_argument('--names', default=None,
-                      help='comma-separated run names (default: directory names)')
-  parser.add_argument('--stat', default='median',
-                      choices=('median', 'mean', 'min', 'max'),
-                      help='per-dataset statistic over templates')
-  return parser.parse_args(argv)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  args = _parse_args(sys.argv[1:] if argv is None else argv)
+def _compare_main(argv: Sequence[str]) -> int:
+  """`argv`: the program name, then the RUN_DIRs (absl has parsed the flags)."""
+  run_dirs = list(argv[1:])
+  if not run_dirs:
+    sys.stderr.write('error: at least one RUN_DIR is required (the first is the reference '
+                     'for differences); see --help.\n')
+    return 2
   logging.set_verbosity(logging.INFO)
-  names = [n.strip() for n in args.names.split(',')] if args.names else None
   try:
-    paths = run(args.run_dirs, args.output_dir, names, args.stat)
+    paths = run(run_dirs, _OUTPUT_DIR.value, _NAMES.value or None, _STAT.value)
   except (FileNotFoundError, ValueError) as e:
     sys.stderr.write(f'error: {e}\n')
     return 2
-  sys.stdout.write(''.join(f'{p}\n' for p in paths.values()))
+  sys.stdout.write(''.join(f'{p}\n' for p in paths.values()))  # the command's output
   return 0
 
 
+def _parse_flags(argv: Sequence[str], known_only: bool = False) -> list[str]:
+  """compare's flags (and --help); returns the program name and the rest (the RUN_DIRs, and
+  with `known_only` the flags that are not compare's).
+
+  Raises:
+    flags.Error: an unknown flag or a bad value.
+  """
+  if any(arg in _HELP for arg in argv[1:]):
+    sys.stdout.write(f'{__doc__}\nflags:\n{_FLAG_VALUES.get_help()}\n')
+    sys.exit(0)
+  _FLAG_VALUES.unparse_flags()  # each call starts from the defaults
+  return _FLAG_VALUES(list(argv), known_only=known_only)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  """Runs the command line `argv` (without the program name; default `sys.argv[1:]`).
+
+  Returns the exit status: 0, or 2 for a usage or input error (written to stderr).
+  """
+  argv = sys.argv[1:] if argv is None else list(argv)
+  try:
+    rest = _parse_flags([_PROGRAM, *argv])
+  except flags.Error as e:
+    sys.stderr.write(f'error: {e}\n')
+    return 2
+  return _compare_main(rest)
+
+
+def _app_flags_parser(argv: Sequence[str]) -> list[str]:
+  try:
+    rest = _parse_flags(argv, known_only=True)
+    # What is left of the flags is absl's own (--verbosity, --logtostderr, ...) or unknown.
+    return flags.FLAGS([argv[0], *rest[1:]])
+  except flags.Error as e:
+    sys.stderr.write(f'error: {e}\n')
+    sys.exit(2)
+
+
 def cli() -> None:
-  """Console entry point (`spt-compare`)."""
-  sys.exit(main())
+  """Console entry point (`spt-compare`), `python -m spt_jax.compare`: `absl.app.run`."""
+  app.run(_compare_main, flags_parser=_app_flags_parser)
 
 
 if __name__ == '__main__':

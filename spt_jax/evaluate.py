@@ -50,19 +50,16 @@ import collections
 import functools
 import json
 import os
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Optional
 
 import jax
 import numpy as np
-from absl import app
 from absl import logging
 from etils import epath
 
 from spt_jax import checkpoints
 from spt_jax import configs
-from spt_jax import logs
 from spt_jax import models as models_lib
 from spt_jax import partitioning
 from spt_jax import paths
@@ -553,54 +550,8 @@ def evaluate(
   return {'metrics': metrics, 'output_dir': output_dir, 'step': int(step)}
 
 
-# ------------------------------------------------------------------------------------------
-# Gin registration and command line.
-# ------------------------------------------------------------------------------------------
-def _register_gin() -> None:
-  """Registers `evaluate.evaluate` and `evaluate.eval_hook_factory` with gin (once)."""
-  import gin  # pylint: disable=g-import-not-at-top
-  global evaluate_configurable, eval_hook_factory_configurable  # pylint: disable=global-statement
-  evaluate_configurable = gin.external_configurable(evaluate, name='evaluate',
-                                                    module='evaluate')
-  eval_hook_factory_configurable = gin.external_configurable(
-      eval_hook_factory, name='eval_hook_factory', module='evaluate')
-
-
-def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  logs.quiet_libraries()
-  runner.enable_compilation_cache(runner.COMPILATION_CACHE_DIR.value)
-  import gin  # pylint: disable=g-import-not-at-top
-  # Not finalized: the training gin files passed for the model config leave train-only
-  # macros (MODEL_DIR, ...) %gin.REQUIRED, which evaluation never reads; this entry point's
-  # own required values are still checked when it is called.
-  runner.parse_gin(runner.GIN_FILE.value, runner.GIN_BINDINGS.value,
-                   runner.GIN_SEARCH_PATHS.value, finalize=False)
-  runner.add_seqio_cache_dirs(runner.SEQIO_CACHE_DIRS.value)
-  from spt_jax import gin_configurables  # pylint: disable=g-import-not-at-top
-  gin_configurables.initialize_distributed()
-  result = evaluate_configurable()
-  if jax.process_index() == 0:
-    out = epath.Path(result['output_dir'])
-    out.mkdir(parents=True, exist_ok=True)
-    (out / 'config.gin').write_text(gin.operative_config_str())
-    results_json = out / results_lib.RESULTS_JSON
-    if results_json.exists():
-      table = results_lib.summary_table(results_lib.load_results(results_json))
-      logging.info('Held-out results (step %d):\n%s', result['step'], table)
-  logging.info('Done: step %d. Results: %s/results.md', result['step'], result['output_dir'])
-
-
-def run() -> None:
-  """Console entry point: rewrites `--gin.X=Y` flags, then `absl.app.run(main)`."""
-  app.run(main, argv=runner.rewrite_gin_args(sys.argv))
-
-
-# Registered only under the package name: `python -m spt_jax.evaluate` executes this file as
-# `__main__` and then imports `spt_jax.evaluate`, which must be the one registration.
+# `python -m spt_jax.evaluate` runs this file as `__main__`; the command line is spt_jax.cli
+# (which imports the package module spt_jax.evaluate, the copy its gin registry sees).
 if __name__ == '__main__':
-  from spt_jax import evaluate as _evaluate  # pylint: disable=g-import-not-at-top,import-self
-  _evaluate.run()
-else:
-  _register_gin()
+  from spt_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.evaluate_run()

@@ -1,20 +1,27 @@
-"""Gin registration of library classes and functions.
+"""Gin registration of spt_jax's classes and functions: the package's one gin registry.
 
-The library modules (network, prompts, models, optim, partitioning) know nothing of gin;
-this module registers them under short module names used by the gin files:
+The library modules know nothing of gin; this module registers them (with
+`gin.external_configurable`, which leaves the library's own objects untouched) under the
+short module names the gin files use:
 
-  network.T5Config, prompts.PromptConfig, runner.create_model, optim.create_schedule,
-  optim.adafactor / optim.adamw, partitioning.standard_logical_axis_rules,
-  runner.initialize_distributed, train (the trainer; `train.train_steps = ...`), and the config
+  network.T5Config, prompts.PromptConfig, runner.create_model, runner.initialize_distributed,
+  optim.create_schedule, partitioning.standard_logical_axis_rules, train (the trainer;
+  `train.train_steps = ...`), evaluate (`evaluate.output_dir = ...`),
+  evaluate.eval_hook_factory (periodic evaluation while training), infer, and the config
   groups configs.DatasetConfig / OptimizerConfig / RestoreCheckpointConfig /
-  SaveCheckpointConfig and partitioning.Partitioner.
+  SaveCheckpointConfig and partitioning.Partitioner (spt_jax/configs.py).
 
-Import it (`runner.parse_gin` does) before parsing gin files. Registering twice in one
-process is avoided by importing this module once (Python's module cache).
+Only the command line (`spt_jax.cli`, which parses the gin files) and gin files' `import`
+lines import it, so it is imported once per process and registers each name once (Python's
+module cache), also when an entry point runs as `python -m spt_jax.evaluate`. The
+configurables of the seqio registries (`sample.with_vocabulary`, `spt_tasks.t0.*`, ...) are
+registered by `spt_tasks.gin_configurables`.
 """
 import gin
 
 from spt_jax import configs
+from spt_jax import evaluate as evaluate_lib
+from spt_jax import infer as infer_lib
 from spt_jax import network
 from spt_jax import optim
 from spt_jax import partitioning
@@ -39,3 +46,7 @@ SaveCheckpointConfig = gin.external_configurable(configs.SaveCheckpointConfig, m
 OptimizerConfig = gin.external_configurable(configs.OptimizerConfig, module='configs')
 Partitioner = gin.external_configurable(partitioning.Partitioner, module='partitioning')
 
+evaluate = gin.external_configurable(evaluate_lib.evaluate, name='evaluate', module='evaluate')
+eval_hook_factory = gin.external_configurable(evaluate_lib.eval_hook_factory,
+                                              name='eval_hook_factory', module='evaluate')
+infer = gin.external_configurable(infer_lib.infer, name='infer', module='infer')

@@ -26,19 +26,16 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Optional
 
 import jax
 import numpy as np
-from absl import app
 from absl import logging
 from etils import epath
 
 from spt_jax import checkpoints
 from spt_jax import configs
-from spt_jax import logs
 from spt_jax import models as models_lib
 from spt_jax import partitioning
 from spt_jax import paths
@@ -273,39 +270,8 @@ def infer(
           'step': int(step)}
 
 
-# ------------------------------------------------------------------------------------------
-# Gin registration and command line.
-# ------------------------------------------------------------------------------------------
-def _register_gin() -> None:
-  import gin  # pylint: disable=g-import-not-at-top
-  global infer_configurable  # pylint: disable=global-statement
-  infer_configurable = gin.external_configurable(infer, name='infer', module='infer')
-
-
-def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  logs.quiet_libraries()
-  runner.enable_compilation_cache(runner.COMPILATION_CACHE_DIR.value)
-  # Not finalized: the training gin files passed for the model config leave train-only
-  # macros (MODEL_DIR, ...) %gin.REQUIRED, which evaluation never reads; this entry point's
-  # own required values are still checked when it is called.
-  runner.parse_gin(runner.GIN_FILE.value, runner.GIN_BINDINGS.value,
-                   runner.GIN_SEARCH_PATHS.value, finalize=False)
-  from spt_jax import gin_configurables  # pylint: disable=g-import-not-at-top
-  gin_configurables.initialize_distributed()
-  result = infer_configurable()
-  logging.info('Done: %d predictions in %s', result['num_predictions'], result['output_file'])
-
-
-def run() -> None:
-  """Console entry point: rewrites `--gin.X=Y` flags, then `absl.app.run(main)`."""
-  app.run(main, argv=runner.rewrite_gin_args(sys.argv))
-
-
-# Registered only under the package name (see spt_jax/evaluate.py).
+# `python -m spt_jax.infer` runs this file as `__main__`; the command line is spt_jax.cli
+# (which imports the package module spt_jax.infer, the copy its gin registry sees).
 if __name__ == '__main__':
-  from spt_jax import infer as _infer  # pylint: disable=g-import-not-at-top,import-self
-  _infer.run()
-else:
-  _register_gin()
+  from spt_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.infer_run()

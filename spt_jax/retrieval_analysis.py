@@ -3,7 +3,7 @@
 A retrieval log is what the network sows into the `'retrieval'` collection,
 gathered over examples: `indices` `[N, k]` (int, slot ids in `[0, M)`) plus, per
 example, a label (the task it came from, or that task's cluster). From it we ask
-the questions of issue 8:
+whether the memory is used and whether its use is structured:
 
 Health (is the bank used, or has it collapsed onto a few slots?):
   * `slot_usage` — counts per slot `[M]` (each of the `k` retrievals of an

@@ -1,14 +1,15 @@
-"""Set-up shared by the gin entry points (train.py, evaluate.py, infer.py).
+"""Set-up shared by the entry points (train.py, evaluate.py, infer.py).
 
-Everything an entry point needs before its loop: gin parsing (with T5X's `--gin.NAME=VALUE`
-flags), `jax.distributed` initialisation, the device mesh and partitioning rules, model
-construction, parameter initialisation onto the mesh (checkpoints: `spt_jax.checkpoints`),
-task look-up with helpful errors, and the seqio input pipeline producing host-local numpy
-batches.
+Everything an entry point needs before its loop: `jax.distributed` initialisation, the
+device mesh and partitioning rules, model construction, parameter initialisation onto the
+mesh (checkpoints: `spt_jax.checkpoints`), task look-up with helpful errors, JAX's
+compilation cache and the seqio input pipeline producing host-local numpy batches. Gin
+parsing and the flags are the command line's (`spt_jax.cli`); this module knows nothing of
+gin.
 
 An evaluation entry point reuses it like this::
 
-  runner.parse_gin(gin_files, gin_bindings, gin_search_paths)
+  cli.parse_gin(gin_files, gin_bindings, gin_search_paths)   # the command line, if gin
   runner.initialize_distributed()
   setup = runner.ModelSetup.create(model, task_feature_lengths, mesh=partitioning.create_mesh())
   params = checkpoints.restore(setup, model_dir).params   # latest checkpoint of a train run
@@ -20,15 +21,12 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
-import gin
 import jax
 import numpy as np
-from absl import flags
 from absl import logging
 
 from spt_jax import models as models_lib
@@ -36,95 +34,9 @@ from spt_jax import network as network_lib
 from spt_jax import partitioning
 from spt_jax import prompts as prompts_lib
 
-# ------------------------------------------------------------------------------------------
-# Gin.
-# ------------------------------------------------------------------------------------------
-GIN_FILE = flags.DEFINE_multi_string(
-    'gin_file', [], 'Gin config files (searched in --gin_search_paths).')
-GIN_BINDINGS = flags.DEFINE_multi_string(
-    'gin_bindings', [], 'Gin bindings; T5X-style `--gin.NAME=VALUE` also works.')
-GIN_SEARCH_PATHS = flags.DEFINE_list(
-    'gin_search_paths', ['gin'], 'Directories searched for gin files and their includes.')
-
-SEQIO_CACHE_DIRS = flags.DEFINE_list(
-    'seqio_additional_cache_dirs', [],
-    'Directories holding seqio-cached tasks (read with USE_CACHED_TASKS = True), e.g. written '
-    'by `python -m spt_tasks.cache`; as T5X\'s flag of the same name.')
-
-COMPILATION_CACHE_DIR = flags.DEFINE_string(
-    'compilation_cache_dir', '~/.cache/spt_jax/jax_compilation',
-    "JAX's persistent compilation cache: a second run of the same configuration loads its "
-    "compiled programs instead of compiling them again. '' turns it off; a JAX_COMPILATION_"
-    'CACHE_DIR environment variable takes precedence. Local disk or gs:// (shared by hosts).')
-
 # Programs that compile faster than this are not worth a cache entry (JAX's default is 1 s,
 # which would leave out most of a small model's programs: dozens of 0.2-1 s compiles).
 _MIN_CACHED_COMPILE_SECS = 0.2
-
-_GIN_FLAG = re.compile(r'^--gin\.([^=]+)=(.*)$', re.DOTALL)
-
-
-def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
-  """Turns T5X-style `--gin.NAME=VALUE` flags into `--gin_bindings=NAME = VALUE`."""
-  out = []
-  for arg in argv:
-    m = _GIN_FLAG.match(arg)
-    out.append(f'--gin_bindings={m.group(1)} = {m.group(2)}' if m else arg)
-  return out
-
-
-def _guard_gin_package_reader() -> None:
-  """Makes gin's "is it a file inside a Python package?" check answer False, not crash.
-
-  For an include such as `runs/train.gin` not found relative to the working directory, gin
-  asks whether `runs` is an importable package holding the file. A plain folder of that name
-  in the working directory (`runs/` is where local runs write) is a namespace package with
-  no origin, and gin's check then raises TypeError instead of moving on to the next search
-  path. The guarded check treats any such failure as "not there".
-  """
-  from gin import config as gin_config  # pylint: disable=g-import-not-at-top
-  from gin import resource_reader  # pylint: disable=g-import-not-at-top
-  readers = gin_config._FILE_READERS  # pylint: disable=protected-access
-
-  def guarded(path: str) -> bool:
-    try:
-      return resource_reader.system_path_file_exists(path)
-    except Exception:  # pylint: disable=broad-except  # a miss, whatever the reason
-      return False
-
-  guarded.spt_guarded = True
-  for i, (reader, exists) in enumerate(readers):
-    if exists is resource_reader.system_path_file_exists:
-      readers[i] = (reader, guarded)
-
-
-def parse_gin(gin_files: Sequence[str] = (), gin_bindings: Sequence[str] = (),
-              gin_search_paths: Sequence[str] = ('gin',), finalize: bool = True) -> None:
-  """Registers the library's configurables, then parses gin files and bindings.
-
-  Search paths are tried relative to the working directory and to the repository root, so
-  `--gin_search_paths=gin` works from anywhere inside a checkout.
-
-  Raises:
-    ValueError: for an unknown configurable or parameter, naming it (gin's own message) and
-      the fix.
-  """
-  from spt_jax import gin_configurables  # pylint: disable=g-import-not-at-top,unused-import
-  _guard_gin_package_reader()
-  repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  for path in gin_search_paths:
-    for candidate in (path, os.path.join(repo_root, path)):
-      if os.path.isdir(candidate):
-        gin.add_config_file_search_path(os.path.abspath(candidate))
-  try:
-    gin.parse_config_files_and_bindings(list(gin_files), list(gin_bindings),
-                                        finalize_config=finalize)
-  except (ValueError, KeyError) as e:
-    raise ValueError(
-        f'Gin configuration error: {e}\nCheck the spelling of the binding (gin lists '
-        'configurables as module.name.parameter, e.g. train.train_steps, or a MACRO such as '
-        'BATCH_SIZE) and that its module is imported by spt_jax/gin_configurables.py or by an '
-        '`import` line of the gin file.') from e
 
 
 # ------------------------------------------------------------------------------------------

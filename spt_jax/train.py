@@ -39,7 +39,6 @@ import json
 import math
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -48,14 +47,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app
 from absl import logging
 from etils import epath
 
 from spt_jax import checkpoints
 from spt_jax import configs
 from spt_jax import models as models_lib
-from spt_jax import logs
 from spt_jax import optim
 from spt_jax import partitioning
 from spt_jax import paths
@@ -755,31 +752,8 @@ def train(
   return result
 
 
-# ------------------------------------------------------------------------------------------
-# Command line.
-# ------------------------------------------------------------------------------------------
-def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  logs.quiet_libraries()
-  runner.enable_compilation_cache(runner.COMPILATION_CACHE_DIR.value)
-  import gin  # pylint: disable=g-import-not-at-top
-  from spt_jax import gin_configurables  # pylint: disable=g-import-not-at-top
-  runner.parse_gin(runner.GIN_FILE.value, runner.GIN_BINDINGS.value,
-                   runner.GIN_SEARCH_PATHS.value)
-  runner.add_seqio_cache_dirs(runner.SEQIO_CACHE_DIRS.value)
-  gin_configurables.initialize_distributed()
-  result = gin_configurables.train()
-  if jax.process_index() == 0:
-    epath.Path(result['model_dir'], 'config.gin').write_text(gin.operative_config_str())
-  logging.info('Done: step %d. Checkpoints: %s/checkpoints  Summaries: %s', result['step'],
-               result['model_dir'], result['model_dir'])
-
-
-def run() -> None:
-  """Console entry point: rewrites `--gin.X=Y` flags, then `absl.app.run(main)`."""
-  app.run(main, argv=runner.rewrite_gin_args(sys.argv))
-
-
+# `python -m spt_jax.train` runs this file as `__main__`; the command line is spt_jax.cli
+# (which imports the package module spt_jax.train, the copy its gin registry sees).
 if __name__ == '__main__':
-  run()
+  from spt_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.train_run()

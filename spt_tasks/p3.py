@@ -21,8 +21,9 @@ Registration (at import, and again whenever `register()` is called), one task
 `p3_<task>` per P3 task:
 
 1. With a P3 directory configured (env `SPT_P3_DIR`, the root or its `data/`
-   folder; gin `spt_tasks.p3.p3_dir.path` can only be bound after this module is
-   imported, so it takes effect through `register(configured_data_dir())`):
+   folder; gin `spt_tasks.p3.p3_dir.path` (registered by spt_tasks.gin_configurables)
+   can only be bound after this module is imported, so it takes effect through
+   `register(configured_data_dir())`):
    one task per `data/<task>/` folder holding `COMPLETED`, its splits and
    `num_input_examples` read from the `stats.<split>.json` files (one directory
    listing plus small JSON reads; local paths or `gs://`).
@@ -56,7 +57,6 @@ import os
 from typing import Any, Iterable, Mapping, Optional
 
 from absl import logging
-import gin
 import seqio
 import tensorflow as tf
 
@@ -105,7 +105,6 @@ class P3NotConfiguredError(FileNotFoundError):
   """No P3 directory is configured (neither gin `spt_tasks.p3.p3_dir.path` nor `SPT_P3_DIR`)."""
 
 
-@gin.configurable
 def p3_dir(path: Optional[str] = None) -> str:
   """The P3 `data/` folder: gin `path`, else env `SPT_P3_DIR` (root or its data/).
 
@@ -324,7 +323,6 @@ def _add_mixture(name: str, tasks_and_rates) -> None:
   seqio.MixtureRegistry.add(name, tasks_and_rates)
 
 
-@gin.configurable
 def p3_t0_train_mixture(name: str = P3_T0_TRAIN_MIXTURE, specs=None,
                         cap: int = mixing.MAX_EXAMPLES_PER_DATASET,
                         split_uncapped: bool = False) -> str:

@@ -1,6 +1,7 @@
 """The embedded sample mixture: small, generated, prompted with REAL templates.
 
-Used by the local run, the tests and the method-validity experiment (issue 8). It
+Used by the local run, the tests and the method-validity experiment
+(benchmarks/method_validity.py). It
 imitates the shape of T0's multitask prompted training and zero-shot evaluation
 at a size a tiny T5 learns on CPU in a few hundred steps:
 
@@ -57,7 +58,6 @@ import zlib
 from typing import Any, Callable, Optional, Sequence
 
 from absl import logging
-import gin
 import seqio
 
 from spt_jax import metrics
@@ -732,12 +732,6 @@ def with_vocabulary(name: str = TRAIN_MIXTURE, sentencepiece_model: Optional[str
                      'another vocabulary this way.')
   use_vocabulary(sentencepiece_model, extra_ids)
   return name
-
-
-try:
-  gin.external_configurable(with_vocabulary, name='with_vocabulary', module='sample')
-except ValueError:  # already registered: the module was reloaded (or also run as __main__)
-  pass
 
 
 # ---------------------------------------------------------------------------

@@ -45,7 +45,6 @@ import os
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 from absl import logging
-import gin
 import seqio
 import tensorflow as tf
 
@@ -70,7 +69,6 @@ class DataNotFoundError(FileNotFoundError):
 # ----------------------------------------------------------------------------
 
 
-@gin.configurable
 def get_vocabulary(path: Optional[str] = None, extra_ids: int = 100) -> seqio.Vocabulary:
   """The T5 vocabulary (32000 SentencePiece pieces + 100 sentinels = 32100).
 
@@ -322,7 +320,6 @@ def example_fn(spec: DatasetSpec) -> Optional[Callable[[dict[str, Any]], dict[st
 # ----------------------------------------------------------------------------
 
 
-@gin.configurable
 def tfds_settings(data_dir: Optional[str] = None, download: bool = False) -> dict[str, Any]:
   """TFDS options shared by every TFDS-backed task.
 
@@ -458,7 +455,6 @@ def hf_dataset_fn(split: str, shuffle_files: bool = False, seed: Optional[int] =
 # ---- StoryCloze (manual download).
 
 
-@gin.configurable
 def story_cloze_dir(path: Optional[str] = None) -> Optional[str]:
   """Folder with the StoryCloze 2016 CSVs; default env `SPT_STORY_CLOZE_DIR`."""
   return path or os.environ.get('SPT_STORY_CLOZE_DIR')

@@ -23,6 +23,7 @@ Mixture `spt_t0_train`: the rows of `datasets.csv` marked `default_train=yes`
 of each, at T0's rates (`spt_tasks.mixing`). The paper's own list ("31 tasks from 8
 domains") is not public; edit the `default_train` column, or choose in gin:
 
+    import spt_tasks.gin_configurables   # registers spt_tasks.t0.*
     spt_tasks.t0.train_datasets.exclude = ['gigaword', 'wiki_bio']
     train/configs.DatasetConfig.mixture_or_task_name = @spt_tasks.t0.t0_train_mixture()
 
@@ -35,7 +36,6 @@ import functools
 from typing import Any, Callable, Optional, Sequence
 
 from absl import logging
-import gin
 import seqio
 
 from spt_jax import metrics as metrics_lib
@@ -239,7 +239,6 @@ def _check_keys(keys: Sequence[str], allowed: Sequence[str], what: str) -> None:
       raise ValueError(f'{what}: ' + sources.unknown_dataset_message(key, allowed))
 
 
-@gin.configurable
 def train_datasets(include: Optional[Sequence[str]] = None,
                    exclude: Sequence[str] = ()) -> list[sources.DatasetSpec]:
   """The training rows of the T0 mixture.
@@ -272,7 +271,6 @@ def t0_task_rates(specs: Sequence[sources.DatasetSpec],
                          {s.key: task_names(s) for s in specs}, cap, split_uncapped)
 
 
-@gin.configurable
 def t0_train_mixture(name: str = T0_TRAIN_MIXTURE,
                      specs: Optional[Sequence[sources.DatasetSpec]] = None,
                      cap: int = mixing.MAX_EXAMPLES_PER_DATASET,

@@ -28,7 +28,6 @@ import train_testlib as tl
 from spt_jax import network
 from spt_jax import partitioning
 from spt_jax import prompts
-from spt_jax import train
 
 # A T5.1.1-shaped model, small enough for CPU; the SPT bank has the paper's M and k
 # (gin/methods/spt.gin: memory_size 1024, top_k 4, cosine similarity, mean pooling).

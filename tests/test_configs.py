@@ -6,12 +6,12 @@ import os
 import gin
 import pytest
 
+from spt_jax import cli
 from spt_jax import configs
 from spt_jax import evaluate
 from spt_jax import gin_configurables
 from spt_jax import infer
 from spt_jax import partitioning
-from spt_jax import runner
 from spt_jax import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,7 +26,7 @@ def _clean_gin():
 
 
 def _parse(files, bindings=()):
-  runner.parse_gin(files, list(bindings), [GIN], finalize=False)
+  cli.parse_gin(files, list(bindings), [GIN], finalize=False)
 
 
 def _build(scope, configurable):

@@ -397,8 +397,8 @@ def gin_config_errors(argv):
   (unknown configurable or parameter, missing file) or a bound MACRO that no gin file uses
   (a misspelt macro is otherwise silently ignored)."""
   import gin  # pylint: disable=g-import-not-at-top
-  from spt_jax import runner  # pylint: disable=g-import-not-at-top
-  args = runner.rewrite_gin_args(argv)
+  from spt_jax import cli  # pylint: disable=g-import-not-at-top
+  args = cli.rewrite_gin_args(argv)
   files = [a.split('=', 1)[1] for a in args if a.startswith('--gin_file=')]
   paths = [p for a in args if a.startswith('--gin_search_paths=')
            for p in a.split('=', 1)[1].split(',')]
@@ -409,8 +409,8 @@ def gin_config_errors(argv):
     try:
       # train finalizes (every %gin.REQUIRED bound); evaluate / infer do not (train-only
       # macros stay REQUIRED there), as their main()s.
-      runner.parse_gin(files, bindings, paths or ['gin'],
-                       finalize=argv[argv.index('-m') + 1] == 'spt_jax.train')
+      cli.parse_gin(files, bindings, paths or ['gin'],
+                    finalize=argv[argv.index('-m') + 1] == 'spt_jax.train')
     except (ValueError, KeyError, IOError) as e:
       problems.append(str(e).splitlines()[0])
     finally:

@@ -17,8 +17,10 @@ import seqio
 import tensorflow as tf
 
 from spt_jax import checkpoints
+from spt_jax import cli
 from spt_jax import configs
 from spt_jax import evaluate
+from spt_jax import gin_configurables
 from spt_jax import metrics
 from spt_jax import network
 from spt_jax import partitioning
@@ -336,8 +338,8 @@ def test_eval_gin_binds_the_entry_point():
   import gin  # pylint: disable=g-import-not-at-top
   gin.clear_config()
   try:
-    runner.parse_gin(['methods/spt.gin', 'runs/local.gin', 'runs/eval.gin'],
-                     ["CHECKPOINT_PATH = '/tmp/run'",
+    cli.parse_gin(['methods/spt.gin', 'runs/local.gin', 'runs/eval.gin'],
+                  ["CHECKPOINT_PATH = '/tmp/run'",
                       "EVAL_MIXTURE = 'spt_sample_heldout_score_eval'",
                       'EVAL_BATCH_SIZE = 16'], ['gin'], finalize=False)
     assert gin.query_parameter('evaluate/configs.RestoreCheckpointConfig.path') is not None
@@ -347,8 +349,8 @@ def test_eval_gin_binds_the_entry_point():
     assert gin.query_parameter('%EVAL_MIXTURE') == 'spt_sample_heldout_score_eval'
     assert gin.query_parameter('%EVAL_BATCH_SIZE') == 16
     assert gin.query_parameter('%CHECKPOINT_FORMAT') == 'orbax'
-    runner.parse_gin(['runs/infer.gin'], ["OUTPUT_FILE = '/tmp/p.jsonl'"], ['gin'],
-                     finalize=False)
+    cli.parse_gin(['runs/infer.gin'], ["OUTPUT_FILE = '/tmp/p.jsonl'"], ['gin'],
+                  finalize=False)
     assert gin.query_parameter('%DECODING') == 'greedy'
     assert gin.query_parameter('infer.infer.model').selector == 'runner.create_model'
   finally:
@@ -360,13 +362,13 @@ def test_periodic_eval_gin_wires_the_trainer_hook(tmp_path):
   import gin  # pylint: disable=g-import-not-at-top
   gin.clear_config()
   try:
-    runner.parse_gin(['methods/spt.gin', 'runs/local.gin', 'runs/periodic_eval.gin'],
-                     [f"MODEL_DIR = '{tmp_path}'", 'EVAL_EVERY_STEPS = 7',
+    cli.parse_gin(['methods/spt.gin', 'runs/local.gin', 'runs/periodic_eval.gin'],
+                  [f"MODEL_DIR = '{tmp_path}'", 'EVAL_EVERY_STEPS = 7',
                       f"EVAL_MIXTURE = '{MIXTURE}'"], ['gin'], finalize=False)
     assert gin.query_parameter('%EVAL_EVERY_STEPS') == 7
     assert gin.query_parameter('train.eval_hook_factory') is not None
     with gin.config_scope(None):
-      factory = evaluate.eval_hook_factory_configurable()
+      factory = gin_configurables.eval_hook_factory()
     assert callable(factory)
     assert gin.query_parameter('%EVAL_BATCH_SIZE') == 32
   finally:

@@ -25,9 +25,8 @@ import numpy as np
 import pytest
 
 from spt_jax import checkpoints
-from spt_jax import evaluate as evaluate_lib
+from spt_jax import cli
 from spt_jax import gin_configurables
-from spt_jax import runner
 
 GIN_DIR = pathlib.Path(__file__).resolve().parents[1] / 'gin'
 EXPERIMENTS = sorted(p.name for p in (GIN_DIR / 'experiments').glob('*.gin'))
@@ -57,8 +56,8 @@ LOCAL_EXTRA = [
 def _parse(files, bindings):
   with gin.unlock_config():  # finalized (locked) like the entry points, after parsing
     gin.clear_config()
-    runner.parse_gin([f'experiments/{f}' if '/' not in f else f for f in files], bindings,
-                     [str(GIN_DIR)])
+    cli.parse_gin([f'experiments/{f}' if '/' not in f else f for f in files], bindings,
+                  [str(GIN_DIR)])
 
 
 def _is_eval_only(name):
@@ -183,7 +182,7 @@ def test_experiment_trains_and_evaluates_locally(name, tmp_path, request):
       f"CHECKPOINT_PATH = '{model_dir}'", f"EVAL_OUTPUT_DIR = '{out_dir}'"])
   if eval_only:
     assert gin.query_parameter('evaluate/configs.DatasetConfig.mixture_or_task_name') is not None
-  evaluated = evaluate_lib.evaluate_configurable()
+  evaluated = gin_configurables.evaluate()
   assert evaluated['step'] == 2
   assert np.isfinite(evaluated['metrics']['overall/median'])
   results = json.loads((out_dir / 'results.json').read_text())

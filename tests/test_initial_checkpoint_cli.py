@@ -34,6 +34,7 @@ import numpy as np
 import pytest
 
 from spt_jax import checkpoints
+from spt_jax import cli
 from spt_jax import configs
 from spt_jax import network
 from spt_jax import runner
@@ -424,9 +425,9 @@ def test_sample_vocabulary_gin_file_binds_both_entry_points(t5_vocab):
   import gin  # pylint: disable=g-import-not-at-top
   gin.clear_config()
   try:
-    runner.parse_gin(['methods/spt.gin', 'runs/local.gin', 'runs/eval.gin',
+    cli.parse_gin(['methods/spt.gin', 'runs/local.gin', 'runs/eval.gin',
                       'runs/sample_vocabulary.gin'],
-                     [f"SAMPLE_SENTENCEPIECE_MODEL = '{t5_vocab}'"], finalize=False)
+                  [f"SAMPLE_SENTENCEPIECE_MODEL = '{t5_vocab}'"], finalize=False)
     assert gin.query_parameter('%SAMPLE_SENTENCEPIECE_MODEL') == str(t5_vocab)
     assert gin.query_parameter('%MIXTURE_OR_TASK_NAME').selector == 'sample.with_vocabulary'
     assert gin.query_parameter('%EVAL_MIXTURE').scoped_selector == (

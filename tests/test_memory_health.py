@@ -397,14 +397,14 @@ def test_defaults_add_no_state_no_outputs_and_no_parameters():
 
 def test_spt_gin_is_healthy_and_spt_paper_gin_is_the_paper_reading():
   import gin  # pylint: disable=g-import-not-at-top
+  from spt_jax import cli  # pylint: disable=g-import-not-at-top
   from spt_jax import gin_configurables  # pylint: disable=g-import-not-at-top
-  from spt_jax import runner  # pylint: disable=g-import-not-at-top
   configs = {}
   for method in ('spt', 'spt_paper'):
     with gin.unlock_config():
       gin.clear_config()
-    runner.parse_gin([f'methods/{method}.gin', 'runs/local.gin'],
-                     ["MODEL_DIR = '/tmp/unused'"], ['gin'], finalize=False)
+    cli.parse_gin([f'methods/{method}.gin', 'runs/local.gin'],
+                  ["MODEL_DIR = '/tmp/unused'"], ['gin'], finalize=False)
     configs[method] = gin_configurables.create_model().network.prompt_config
   with gin.unlock_config():
     gin.clear_config()

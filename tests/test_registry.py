@@ -31,6 +31,7 @@ import seqio  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
+from spt_tasks import gin_configurables  # noqa: E402,F401  # registers spt_tasks.t0.*, ...
 from spt_tasks import glue  # noqa: E402,F401  # registers spt_glue_train
 from spt_tasks import heldout  # noqa: E402
 from spt_tasks import mock_data  # noqa: E402

@@ -16,6 +16,7 @@ import pytest
 
 import train_testlib as tl
 from spt_jax import checkpoints
+from spt_jax import cli
 from spt_jax import optim
 from spt_jax import partitioning
 from spt_jax import runner
@@ -274,7 +275,7 @@ def test_bad_inputs(tmp_path):
   with gin.unlock_config():
     gin.clear_config()
   with pytest.raises(ValueError, match='batch_sise'):
-    runner.parse_gin(gin_bindings=['train.batch_sise = 3'], finalize=False)
+    cli.parse_gin(gin_bindings=['train.batch_sise = 3'], finalize=False)
   with gin.unlock_config():
     gin.clear_config()
 
@@ -299,8 +300,8 @@ def test_gin_configs_parse_and_bind_trainer():
                                         ('finetune', None, 'full')):
     with gin.unlock_config():
       gin.clear_config()
-    runner.parse_gin([f'methods/{method}.gin', 'runs/local.gin'],
-                     ["MODEL_DIR = '/tmp/unused'"], ['gin'], finalize=False)
+    cli.parse_gin([f'methods/{method}.gin', 'runs/local.gin'],
+                  ["MODEL_DIR = '/tmp/unused'"], ['gin'], finalize=False)
     assert gin.query_parameter('configs.OptimizerConfig.trainable') == trainable
     assert gin.query_parameter('%MIXTURE_OR_TASK_NAME') == 'spt_sample_train_premixed'
     model = gin_configurables.create_model()
@@ -310,14 +311,14 @@ def test_gin_configs_parse_and_bind_trainer():
   for size, d in (('small', 512), ('base', 768), ('large', 1024), ('xl', 2048), ('xxl', 4096)):
     with gin.unlock_config():
       gin.clear_config()
-    runner.parse_gin([f'models/t5_1_1_{size}.gin'], [], ['gin'], finalize=False)
+    cli.parse_gin([f'models/t5_1_1_{size}.gin'], [], ['gin'], finalize=False)
     assert gin_configurables.create_model().network.config.emb_dim == d
   with gin.unlock_config():
     gin.clear_config()
 
 
 def test_rewrite_gin_args_and_flops():
-  assert runner.rewrite_gin_args(['x', "--gin.MODEL_DIR='/a=b'", '--gin_file=f']) == [
+  assert cli.rewrite_gin_args(['x', "--gin.MODEL_DIR='/a=b'", '--gin_file=f']) == [
       'x', "--gin_bindings=MODEL_DIR = '/a=b'", '--gin_file=f']
   model = tl.tiny_model(prompt_config=None)
   setup = runner.ModelSetup.create(model, tl.FEATURE_LENGTHS, mesh=_one_device())

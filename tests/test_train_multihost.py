@@ -13,7 +13,6 @@ import pytest
 
 import train_testlib as tl
 from spt_jax import partitioning
-from spt_jax import train
 from test_train import _assert_trees_close, _env, _final_params, _losses, _testlib_cmd
 
 
