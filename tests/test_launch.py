@@ -638,7 +638,8 @@ def _tiny_spt_network(key_loss_weight=0.0):
                          num_encoder_layers=1, num_decoder_layers=1)
   pc = prompts.PromptConfig(soft_prompt_length=3, memory_size=8, memory_length=2, top_k=2,
                             init_vocab_size=100, key_loss_weight=key_loss_weight)
-  return spt_t5x, network.Transformer(cfg, pc), spt_t5x.SptT5XTransformer(cfg, pc)
+  return (spt_t5x, network.Transformer(cfg, prompts.PromptPrefix(pc)),
+          spt_t5x.SptT5XTransformer(cfg, prompt_config=pc))
 
 
 def _tiny_batch():

@@ -202,7 +202,7 @@ def _run_t5x(t5x, tmp_path, task_name, prompt_config, num_partitions, factors, b
 def _run_ours(tmp_path, task_name, checkpoint_0, prompt_config, num_partitions, factors,
               base_lr, warmup, num_microbatches=1):
   """`spt_jax.train.train` from T5X's checkpoint 0; (losses, final params, result)."""
-  network_cls = network.Transformer(CONFIG, prompt_config=prompt_config)
+  network_cls = network.Transformer(CONFIG, prompts.prompt_prefix(prompt_config))
   model = models_lib.EncoderDecoderModel(network_cls, z_loss=Z_LOSS, label_smoothing=0.0,
                                          loss_normalizing_factor=None)
   if factors == 'constant':
