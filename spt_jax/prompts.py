@@ -1,5 +1,11 @@
 """SPT prompts: a shared soft prompt and a memory bank of prompts retrieved per example.
 
+Over the project's 600-line guide on purpose (~750 lines): `PromptConfig` (28 documented,
+validated fields) and the modules that read them (`SoftPrompt`, `QueryProjection`,
+`MemoryBank` with its balance loss, and `PromptPrefix`, which joins them to the encoder
+input) are one unit; the top-k kernel (`spt_jax.retrieval`) and the usage statistics and
+re-initialisation (`spt_jax.memory_health`) are already apart.
+
 Semi-Parametric Prompt Tuning (SPT, arXiv 2212.10929) prepends two things to the
 embedded encoder input of T5:
 
@@ -30,9 +36,9 @@ default (all off is bit-identical to the computation above):
    retrievals and a ring buffer of recent queries live in the non-parameter
    collection `MEMORY_STATS_COLLECTION`; every ``restart_every_steps`` the trainer
    re-draws the keys of slots below ``restart_threshold / M`` from buffered
-   queries (`update_memory_stats`, `restart_slots`).
+   queries (`memory_health.update_memory_stats`, `memory_health.restart_slots`).
 7. Data-driven key initialisation from the first training batches' queries
-   ('queries' or seeded spherical k-means; `init_keys_from_queries`).
+   ('queries' or seeded spherical k-means; `memory_health.init_keys_from_queries`).
 8. ATTEMPT's learnable query ``LayerNorm(W_up·SiLU(W_down·q))`` (`QueryProjection`).
 9. A control, ``slot_assignment='fixed_random'``: slots are a frozen pseudo-random
    hash of the discrete prompt and only the retrieved values train.
@@ -139,7 +145,7 @@ class PromptConfig:
       'queries' (keys = a seeded sample of the first training batches' queries +
       small noise) or 'kmeans' (a few seeded Lloyd iterations on those queries;
       spherical under cosine similarity). The data-driven ones are applied by the
-      trainer at step 0 (`init_keys_from_queries`).
+      trainer at step 0 (`memory_health.init_keys_from_queries`).
     key_init_batches: training batches whose queries 'queries' / 'kmeans' use.
     query_projection: 'none' or 'attempt' (ATTEMPT's learnable query
       LayerNorm(W_up·SiLU(W_down·pool(E[x])))); it trains even under
@@ -375,7 +381,7 @@ def balance_loss(query: Array, keys: Array, indices: Array, valid: Array,
   unretrieved keys are pulled towards queries while over-used ones are pushed
   away. Uniform use gives 1.
 
-  When the bank is row-sharded (`memory_mesh_axes`), each shard scores its own
+  When the bank is row-sharded (`retrieval.memory_mesh_axes`), each shard scores its own
   M/P keys inside `jax.shard_map`; the softmax normaliser comes from a pmax and
   psum of per-shard partial sums, the shard's [M/P] parts of f and P are summed
   over the batch shards and the Σ fᵢPᵢ partial sums are psum'ed, so no [B, M]
@@ -524,7 +530,7 @@ class MemoryBank(nn.Module):
 
   With ``restart_every_steps > 0`` the bank also owns `MEMORY_STATS_COLLECTION`
   (non-parameter state the trainer carries across steps and checkpoints; see
-  `update_memory_stats` and `restart_dead_slots`):
+  `memory_health.update_memory_stats` and `memory_health.restart_dead_slots`):
 
     'ema_usage'     [M] float32, EMA of each slot's share of retrievals (logical
                     axis ``memory``; starts uniform, 1/M);
@@ -549,7 +555,7 @@ class MemoryBank(nn.Module):
     'key_loss' scalar (already multiplied by key_loss_weight; 0 when off), with
     balance_loss_weight > 0 'balance_loss' scalar (already multiplied by the
     weight), and when usage is tracked 'queries' [B, d] and 'valid' [B] (rows with
-    a real token), which the trainer feeds to `update_memory_stats`.
+    a real token), which the trainer feeds to `memory_health.update_memory_stats`.
 
     Args:
       embedded: [B, T, d] token embeddings of the discrete prompt.

@@ -315,8 +315,8 @@ def _init_keys_from_data(setup: runner.ModelSetup, state: train_state_lib.TrainS
 
   Peeks at the first `key_init_batches` training batches, computes their retrieval
   queries with the model (`EncoderDecoderModel.retrieval_query`), drops empty inputs and
-  sets the keys with `memory_health.init_keys_from_queries`. The peeked batches are put back in
-  front of the stream, so training sees exactly the batches it would have seen. The
+  sets the keys with `memory_health.init_keys_from_queries`. The peeked batches are put
+  back in front of the stream, so training sees exactly the batches it would have seen. The
   optimizer state is left as is (its initial value does not depend on the parameters).
   Returns `(state, data)` unchanged for other configs.
   """

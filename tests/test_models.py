@@ -81,7 +81,7 @@ def test_prompt_api_of_the_model(plain, spt):
   query = model.retrieval_query(spt[1], spt[2]['encoder_input_tokens'])
   assert query.shape == (3, TINY.emb_dim) and query.dtype == jnp.float32
   with pytest.raises(ValueError, match='needs a network with a memory bank'):
-    tuning.retrieval_query({}, spt[2]['encoder_input_tokens'])
+    tuning.retrieval_query(plain[1], spt[2]['encoder_input_tokens'])
 
 
 def test_validate_features_packing_and_length():
