@@ -18,6 +18,7 @@ import pytest
 from spt_jax import memory_health
 from spt_jax import network
 from spt_jax import prompts
+from spt_jax import retrieval
 
 RULES = (('batch', 'data'), ('vocab', 'model'), ('embed', None), ('mlp', 'model'),
          ('heads', 'model'), ('kv', None), ('joined_kv', 'model'), ('prompt', None),
@@ -101,7 +102,7 @@ def test_sharded_balance_loss_equals_single_device(mesh_shape, similarity):
   want, want_grad = _loss_and_grad(query, keys, indices, valid, 0.3, similarity)
   mesh = _mesh(mesh_shape)
   with jax.set_mesh(mesh), nn.logical_axis_rules(RULES):
-    assert prompts.memory_mesh_axes(32) == ('model',)
+    assert retrieval.memory_mesh_axes(32) == ('model',)
     kk = jax.device_put(keys, NamedSharding(mesh, P('model')))
     q = jax.device_put(query, NamedSharding(mesh, P('data')))
     fn = jax.jit(jax.value_and_grad(
