@@ -709,6 +709,16 @@ def test_t5x_adapter_refuses_key_loss():
     t5x_net.init(jax.random.PRNGKey(0), enc, dec_in, dec_tgt, enable_dropout=False)
 
 
+def test_t5x_adapter_refuses_packed_batches_with_prompts():
+  # T5X's trainer calls the module directly, so the adapter refuses segment ids itself.
+  import jax  # pylint: disable=g-import-not-at-top
+  _, _, t5x_net = _tiny_spt_network()
+  enc, dec_in, dec_tgt = _tiny_batch()
+  with pytest.raises(ValueError, match='pack=False'):
+    t5x_net.init(jax.random.PRNGKey(0), enc, dec_in, dec_tgt, encoder_segment_ids=enc,
+                 decoder_segment_ids=dec_tgt, enable_dropout=False)
+
+
 def test_t5x_local_model_is_the_tiny_model_of_runs_local():
   """gin/t5x/local_model.gin builds the model gin/models/t5_1_1_tiny.gin gives spt_jax.train
   (so spt_jax.evaluate with runs/local.gin reads a T5X local run's checkpoint)."""
