@@ -9,7 +9,7 @@ Measures in one process on one device and prints one table (goal column included
   2. SPT overhead: the same step with prompt tuning's prompt of the same total length
      (L_p = 40, no memory bank) against SPT (L_p 20 + k 4 x L_m 5, M 1024, methods/spt.gin's
      balance loss), timed interleaved: t_SPT / t_PT - 1. Goal <= 5 %.
-  3. Retrieval at M = 1M keys (`prompts.retrieve_top_k`, cosine, exact top-4) against a
+  3. Retrieval at M = 1M keys (`retrieval.retrieve_top_k`, cosine, exact top-4) against a
      plain `q @ K.T` of the same shape: FLOP/s ratio. Goal >= 0.9.
   4. Rank-classification scoring (`EncoderDecoderModel.score_batch`, bf16): rows/s.
 
@@ -33,6 +33,7 @@ from spt_jax import network
 from spt_jax import optim
 from spt_jax import partitioning
 from spt_jax import prompts
+from spt_jax import retrieval
 from spt_jax import runner
 from spt_jax import train
 from spt_jax import train_state as ts
@@ -155,7 +156,7 @@ def main(argv=None):
   d = cfg.emb_dim
   query = jax.random.normal(jax.random.key(0), (batch_size, d))
   keys = jax.random.normal(jax.random.key(1), (m_keys, d))
-  retrieve = jax.jit(lambda q, k: prompts.retrieve_top_k(q, k, SPT.top_k, 'cosine'))
+  retrieve = jax.jit(lambda q, k: retrieval.retrieve_top_k(q, k, SPT.top_k, 'cosine'))
   matmul = jax.jit(lambda q, k: q @ k.T)
   t_mm, t_ret = _interleaved([lambda: matmul(query, keys), lambda: retrieve(query, keys)],
                              max(steps, 5))

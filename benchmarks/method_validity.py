@@ -325,15 +325,15 @@ def spt_prefix_length(bindings: Sequence[str], extra_files: Sequence[str],
   """L_p + k * L_m of the default SPT configuration (what every method must match)."""
   parse_method_gin('spt', bindings, extra_files, search_paths)
   model = gin_configurables.create_model()
-  if model.network.prompt_config is None:
+  if model.prompt_config is None:
     raise ValueError('The SPT gin configuration builds a model without prompts; check '
                      'methods/spt.gin and the overlays.')
-  return int(model.network.prompt_config.prefix_length)
+  return int(model.prompt_config.prefix_length)
 
 
 def check_prefix_length(method: str, prefix: int) -> None:
   """Raises unless the parsed configuration's prefix is `prefix` (equal prompt length)."""
-  config = gin_configurables.create_model().network.prompt_config
+  config = gin_configurables.create_model().prompt_config
   length = config.prefix_length if config is not None else 0
   if length != prefix:
     raise ValueError(f'{method}: total prompt length {length} != the default SPT prefix '
@@ -552,7 +552,7 @@ def run_one(config: MethodConfig, seed: int, run_dir: str, settings: Settings, e
         title=f'{title}: held-out sample tasks', evaluator=evaluator)
     model = setup.model
     if model.has_memory:
-      captured['memory_size'] = model.network.prompt_config.memory_size
+      captured['memory_size'] = model.memory_size
       if probes is not None:
         captured['probe'] = RetrievalProbe(setup)
 

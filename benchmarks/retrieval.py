@@ -2,7 +2,7 @@
 
 Prints two tables, each measured side by side in one run:
 
-(a) Retrieval (`prompts.retrieve_top_k`, cosine, exact top-k) vs M at batch 256,
+(a) Retrieval (`retrieval.retrieve_top_k`, cosine, exact top-k) vs M at batch 256,
     d 512, k 4 — time, compiled peak memory per device, and achieved FLOP/s of the
     retrieval (2·B·d·M flops) divided by that of a plain `q @ K.T` of the same
     [B, d] x [d, M] shape timed interleaved with it (goal >= 0.9). Gathering the
@@ -88,7 +88,7 @@ def _worker_a(args, sharded):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
-  from spt_jax import prompts  # pylint: disable=g-import-not-at-top
+  from spt_jax import retrieval  # pylint: disable=g-import-not-at-top
 
   b, d, k, lm = args.batch, args.dim, args.top_k, args.memory_length
   if sharded:
@@ -110,7 +110,7 @@ def _worker_a(args, sharded):
           jax.random.key(1))
       query = jax.jit(lambda r: jax.random.normal(r, (b, d)), out_shardings=rep_sharding)(
           jax.random.key(0))
-      retrieve = jax.jit(lambda q, kk: prompts.retrieve_top_k(q, kk, k, 'cosine'))
+      retrieve = jax.jit(lambda q, kk: retrieval.retrieve_top_k(q, kk, k, 'cosine'))
       matmul = jax.jit(lambda q, kk: q @ kk.T)
       # Same matmul reduced to a row max: like retrieval it keeps the [B, M] scores
       # internal, so it does not pay for writing a [B, M] result buffer.
@@ -128,10 +128,10 @@ def _worker_a(args, sharded):
         values = jax.jit(lambda r, m=m: jax.random.normal(r, (m, lm, d)),
                          out_shardings=key_sharding)(jax.random.key(2))
         _, idx = retrieve(query, keys)
-        xla_take = jax.jit(lambda v, i: prompts.gather_rows(v, i, sharded=False))
+        xla_take = jax.jit(lambda v, i: retrieval.gather_rows(v, i, sharded=False))
         fns, names = [xla_take], ['xla']
         if sharded:
-          fns.append(jax.jit(lambda v, i: prompts.gather_rows(v, i, sharded=True)))
+          fns.append(jax.jit(lambda v, i: retrieval.gather_rows(v, i, sharded=True)))
           names.append('shard_map')
         times = _time_interleaved(fns, [(values, idx)] * len(fns), repeats)
         for name, fn, t in zip(names, fns, times):
@@ -169,7 +169,7 @@ def _worker_b(args):
   optimizer = optax.adafactor(1e-3)
 
   def make(prompt_config):
-    model = network.Transformer(cfg, prompt_config)
+    model = network.Transformer(cfg, prompts.prompt_prefix(prompt_config))
     params = jax.jit(lambda r: model.init(r, **data, enable_dropout=False)['params'])(
         jax.random.key(0))
     import flax.linen as nn  # pylint: disable=g-import-not-at-top

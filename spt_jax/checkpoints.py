@@ -33,6 +33,7 @@ import jax
 import numpy as np
 
 from spt_jax import checkpoint_readers as readers
+from spt_jax import memory_health
 from spt_jax import network
 
 Params = dict[str, Any]
@@ -496,7 +497,7 @@ def restore(setup: Any, path: str, format: str = 'orbax', *,  # pylint: disable=
       redrawn prompts (without); default `PRNGKey(0)`.
     reinit_prompts: after an 'hf' / 't5x' import, redraw the `sampled_vocab` prompts / memory
       the checkpoint lacks from the *pretrained* embedding
-      (`prompts.init_prompts_from_embedding`); prompt parameters the checkpoint holds (a T5X
+      (`memory_health.init_prompts_from_embedding`); prompt parameters the checkpoint holds (a T5X
       run of this network, gin/t5x/) keep its values.
 
   Raises:
@@ -526,16 +527,15 @@ def restore(setup: Any, path: str, format: str = 'orbax', *,  # pylint: disable=
   # show (activation, relative-position buckets, epsilon) against config.json.
   restored, kept = restore_params(path, format, params, shardings=setup.param_shardings,
                                   config=setup.model.network.config, return_kept=True)
-  prompt_config = setup.model.network.prompt_config
+  prompt_config = setup.model.prompt_config
   if (reinit_prompts and format != 'orbax' and prompt_config is not None
       and prompt_config.prefix_length and kept):
     # Only prompt parameters the checkpoint lacks are redrawn: a T5X checkpoint of this
     # very network (gin/t5x/) carries trained soft prompt and memory, which are kept.
-    from spt_jax import prompts  # pylint: disable=g-import-not-at-top
     from_checkpoint = {
         name: leaf for name, leaf in flatten(restored).items()
         if name not in kept and any(re.search(p, name) for p in PROMPT_PARAM_REGEXES)}
-    restored = prompts.init_prompts_from_embedding(
+    restored = memory_health.init_prompts_from_embedding(
         restored, restored['token_embedder']['embedding'], prompt_config, rng)
     if from_checkpoint:
       logging.info('Prompt parameters kept from %s: %s', path, sorted(from_checkpoint))

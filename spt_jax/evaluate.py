@@ -239,7 +239,7 @@ class Evaluation:
     self._example_ids: dict[str, Optional[np.ndarray]] = {}
     self._retrieval: dict[str, np.ndarray] = {}
     model = setup.model
-    self.memory_size = model.network.prompt_config.memory_size if model.has_memory else 0
+    self.memory_size = model.memory_size
 
     rep = partitioning.replicated(setup.mesh)
     batch_sharding = partitioning.batch_sharding(setup.mesh)

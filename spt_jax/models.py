@@ -1,7 +1,18 @@
 """Loss, scoring and prediction around the network (T5X's `EncoderDecoderModel`, for SPT).
 
 `EncoderDecoderModel` wraps a `network.Transformer` and turns seqio `EncDecFeatureConverter`
-batches into what training and evaluation need:
+batches into what training and evaluation need. It is the one prompt-aware layer above the
+network (which only receives a prefix): it knows the network's `prompts.PromptPrefix`, and
+the trainer, evaluator and runner ask it, not the network, about prompts:
+
+* `prompt_config`, `prefix_length`, `has_memory`, `memory_size`, `tracks_usage`;
+* `validate_features(task_feature_lengths, pack)`: the one check of a run's feature
+  lengths and packing against the prompts (packed rows cannot take a prompt each);
+* `retrieval_metrics(metrics)` (what a train step logs under `retrieval/`),
+  `track_usage(...)` (the memory bank's usage state and dead-slot restarts, see
+  `spt_jax.memory_health`) and `retrieval_query(params, tokens)`.
+
+What it computes:
 
 * `loss_fn(params, batch, dropout_rng)`: T5X's weighted cross-entropy with z-loss and label
   smoothing, plus the SPT key-pull loss sown by the memory bank; metrics for logging and the
@@ -32,15 +43,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from spt_jax import decoding
+from spt_jax import memory_health
 from spt_jax import network as network_lib
+from spt_jax import prompts
 
 Array = jax.Array
 Batch = Mapping[str, Array]
 Params = Any
 
-# The variable collection `prompts.MemoryBank` sows into (`prompts.RETRIEVAL_COLLECTION`);
-# repeated here so that this module does not import prompts for plain T5.
-RETRIEVAL_COLLECTION = 'retrieval'
+# The variable collection `prompts.MemoryBank` sows its retrieval outputs into.
+RETRIEVAL_COLLECTION = prompts.RETRIEVAL_COLLECTION
 
 # String values of `loss_normalizing_factor` (T5X's `SpecialLossNormalizingFactor`).
 NUM_REAL_TARGET_TOKENS = 'NUM_REAL_TARGET_TOKENS'
@@ -153,6 +165,16 @@ def _retrieval_outputs(collection: Mapping[str, Any]) -> dict[str, Array]:
   return out
 
 
+def check_unpacked(prefix_length: int, pack: bool) -> None:
+  """Raises ValueError when packed rows (``pack``) would take a prefix of ``prefix_length``."""
+  if pack and prefix_length:
+    raise ValueError(
+        f'pack=True cannot be used with SPT / prompt-tuning prompts (prefix_length='
+        f'{prefix_length}): each row must hold one example so its prompt is prepended once. '
+        'Run with pack=False (train.pack = False; under T5X, DatasetConfig.pack = False), or '
+        'set soft_prompt_length=0 and memory_size=0 for plain fine-tuning.')
+
+
 # ------------------------------------------------------------------------------------
 # The model.
 # ------------------------------------------------------------------------------------
@@ -160,7 +182,8 @@ class EncoderDecoderModel:
   """Training loss, rank-classification scores and decoding for a `Transformer`.
 
   Attributes:
-    network: the flax module (`network.Transformer`, optionally with a `PromptConfig`).
+    network: the flax module (`network.Transformer`, optionally with a
+      `prompts.PromptPrefix`).
     z_loss: z-loss coefficient (T5X default 1e-4).
     label_smoothing: label smoothing of the training targets.
     loss_normalizing_factor: None (T5X: the loss is the *sum* over weighted target
@@ -186,19 +209,74 @@ class EncoderDecoderModel:
 
   # --------------------------------------------------------------------- properties
   @property
-  def prompt_config(self):
-    return self.network.prompt_config
+  def prompt_config(self) -> Optional[prompts.PromptConfig]:
+    """The prompts prepended to the encoder input (None: plain T5, no prefix)."""
+    prefix = self.network.prefix
+    return prefix.config if isinstance(prefix, prompts.PromptPrefix) else None
+
+  @property
+  def prefix_length(self) -> int:
+    """P = L_p + k·L_m, prompt positions in front of the encoded tokens (0 without)."""
+    return self.network.prefix_length
 
   @property
   def has_memory(self) -> bool:
     """Whether the network retrieves memory prompts (and sows retrieval outputs)."""
-    cfg = self.network.prompt_config
+    cfg = self.prompt_config
     return cfg is not None and cfg.memory_size > 0
+
+  @property
+  def memory_size(self) -> int:
+    """M, the memory bank's slots (0 without memory)."""
+    return self.prompt_config.memory_size if self.has_memory else 0
+
+  @property
+  def tracks_usage(self) -> bool:
+    """Whether the bank keeps usage state (dead-slot restarts; see `track_usage`)."""
+    return self.has_memory and self.prompt_config.tracks_usage
+
+  def validate_features(self, task_feature_lengths: Optional[Mapping[str, int]] = None,
+                        pack: bool = False) -> None:
+    """Raises ValueError for feature lengths or packing the prompts cannot run with.
+
+    Args:
+      task_feature_lengths: `{'inputs': T, ...}` of the run (None: no length check);
+        `PromptConfig.max_encoder_length` bounds P + T.
+      pack: whether the run packs several examples into one row (refused with prompts).
+    """
+    check_unpacked(self.prefix_length, pack)
+    cfg = self.prompt_config
+    if cfg is not None:
+      max_input_length = (None if task_feature_lengths is None
+                          else int(task_feature_lengths['inputs']))
+      cfg.validate(max_input_length=max_input_length)
+
+  # --------------------------------------------------------------------- memory
+  def retrieval_metrics(self, metrics: Mapping[str, Array]) -> dict[str, Array]:
+    """The `retrieval/` metrics of a train step from `loss_fn`'s metrics ({} w/o memory)."""
+    return memory_health.step_metrics(metrics, self.memory_size)
+
+  def track_usage(self, params: Params, model_state: Any, step: Array,
+                  metrics: Mapping[str, Array], rng: Array
+                  ) -> tuple[Params, Any, dict[str, Array]]:
+    """Updates the bank's usage state after step `step` and restarts dead slots when due.
+
+    Returns `(params, model_state, metrics)`; see `memory_health.track_usage_and_restart`.
+    Only for `tracks_usage` models.
+    """
+    return memory_health.track_usage_and_restart(params, model_state, step, metrics,
+                                                 self.prompt_config, rng)
+
+  def retrieval_query(self, params: Params, encoder_input_tokens: Array) -> Array:
+    """`[B, T]` tokens -> `[B, d]` float32: the memory bank's retrieval query of each input."""
+    return self.network.apply({'params': params}, encoder_input_tokens,
+                              method=self.network.prefix_query)
 
   # --------------------------------------------------------------------- forward
   def _packing_kwargs(self, batch: Batch) -> dict[str, Array]:
     names = ('encoder_segment_ids', 'decoder_segment_ids', 'encoder_positions',
              'decoder_positions')
+    check_unpacked(self.prefix_length, 'encoder_segment_ids' in batch)
     return {k: batch[k] for k in names if k in batch}
 
   def _compute_logits(self, params: Params, batch: Batch,

@@ -6,13 +6,24 @@ own trainer can drive it. Kernels are stored 2-D as in T5X (attention
 `[embed, heads * head_dim]` with axes `('embed', 'joined_kv')`) and reshaped in the
 forward pass.
 
-SPT hooks in at the encoder input: when `prompt_config` is given, the encoder builds
-`[soft prompt ; retrieved memory prompts ; embedded tokens]` (see `spt_jax.prompts`) and
-every mask that looks at encoder positions gets `prefix_length` always-visible positions
-in front. With no prompt (or `soft_prompt_length=0, memory_size=0`) the computation is
-exactly plain T5.
+SPT hooks in at the encoder input through an injected prefix (as prompt-tuning's
+`PromptEncoder` is given its prompt module), and this module knows no prompt type. A prefix
+is a hashable value with
 
-Shapes: B batch, T encoder length, P prompt prefix length, L decoder length, d emb_dim,
+  length: int                                  P, positions it prepends
+  __call__(embedded [B, T, d], tokens [B, T], embedding_table [V, d]) -> [B, P + T, d]
+  query(embedded, tokens, embedding_table) -> [B, d]   (optional; `Transformer.prefix_query`)
+
+The encoder calls it inside its own compact scope, so whatever modules it creates are
+children of `encoder` (SPT's prompt prefix puts its parameters at
+`encoder/soft_prompt/prompt` and `encoder/memory_bank/...`), and every mask that looks at
+encoder positions gets `length` always-visible positions in front. Each row takes one
+prefix, so packed inputs (segment ids) and a prefix do not mix; the model
+(`models.EncoderDecoderModel.validate_features`) refuses that combination. Without a
+prefix (or with one of length 0 that returns its input) the computation is exactly plain
+T5.
+
+Shapes: B batch, T encoder length, P prefix length, L decoder length, d emb_dim,
 H heads, D head_dim, V vocab.
 """
 
@@ -20,16 +31,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
 import numpy as np
-
-if TYPE_CHECKING:
-  from spt_jax import prompts as prompts_lib
 
 Array = jax.Array
 Initializer = Callable[..., Array]
@@ -393,86 +401,39 @@ class DecoderLayer(nn.Module):
 
 
 class Encoder(nn.Module):
-  """Embeds tokens, prepends the SPT prompt (if any) and runs the encoder stack."""
+  """Embeds tokens, prepends the prefix (if any) and runs the encoder stack."""
   config: T5Config
   shared_embedding: nn.Module
-  prompt_config: Optional[prompts_lib.PromptConfig] = None
+  prefix: Optional[Any] = None
 
   @nn.compact
   def __call__(self, encoder_input_tokens: Array, encoder_mask: Optional[Array],
                deterministic: bool, return_query: bool = False) -> Array:
     """`[B, T]` tokens, `[B, 1, P+T, P+T]` mask -> `[B, P+T, d]`.
 
-    With `return_query`, returns the memory bank's retrieval query `[B, d]` instead
-    (embedding, pooling and any query projection; no retrieval, no encoder stack).
+    With `return_query`, returns the prefix's per-input query `[B, d]` instead
+    (`prefix.query` of the embedded tokens; no encoder stack).
     """
     cfg = self.config
+    x = self.shared_embedding(encoder_input_tokens.astype('int32'))
+    table = self.shared_embedding.embedding
     if return_query:
-      if self.prompt_config is None or self.prompt_config.memory_size == 0:
-        raise ValueError('retrieval_query needs a network with a memory bank '
-                         '(prompt_config.memory_size > 0).')
-      from spt_jax import prompts as prompts_lib  # pylint: disable=g-import-not-at-top
-      table = self.shared_embedding.embedding
-      x = retrieval_embedding(self.shared_embedding(encoder_input_tokens.astype('int32')),
-                              encoder_input_tokens, table)
-      return prompts_lib.MemoryBank(self.prompt_config, cfg.emb_dim, name='memory_bank')(
-          x, encoder_input_tokens > 0, table, tokens=encoder_input_tokens, return_query=True)
+      if getattr(self.prefix, 'query', None) is None:
+        raise ValueError(f'prefix_query needs a prefix with a query; this encoder has '
+                         f'prefix {self.prefix!r}.')
+      return self.prefix.query(x, encoder_input_tokens, table)
     dtype = cfg.compute_dtype
     rel_emb = RelativePositionBiases(cfg.relative_attention_num_buckets,
                                      cfg.relative_attention_max_distance, cfg.num_heads,
                                      dtype, name='relpos_bias')
-    x = self.shared_embedding(encoder_input_tokens.astype('int32'))
-    x = add_prompt_prefix(self.prompt_config, cfg, x, encoder_input_tokens,
-                          self.shared_embedding.embedding)
+    if self.prefix is not None:
+      x = self.prefix(x, encoder_input_tokens, table)
     x = nn.Dropout(rate=cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
     x = x.astype(dtype)
     for lyr in range(cfg.num_encoder_layers):
       x = EncoderLayer(cfg, rel_emb, name=f'layers_{lyr}')(x, encoder_mask, deterministic)
     x = LayerNorm(cfg.layer_norm_epsilon, dtype, name='encoder_norm')(x)
     return nn.Dropout(rate=cfg.dropout_rate)(x, deterministic=deterministic)
-
-
-def add_prompt_prefix(prompt_config: Optional[prompts_lib.PromptConfig], cfg: T5Config,
-                      embedded: Array, tokens: Array, embedding_table: Array) -> Array:
-  """`[B, T, d]` -> `[B, P + T, d]`: `[soft prompt ; retrieved memory ; embedded tokens]`.
-
-  Called inside `Encoder`'s compact scope so the prompt modules' parameters live at
-  `encoder/soft_prompt/prompt` and `encoder/memory_bank/{keys,values}`.
-  """
-  if prompt_config is None or prompt_config.prefix_length == 0:
-    return embedded
-  from spt_jax import prompts as prompts_lib  # pylint: disable=g-import-not-at-top
-  parts = []
-  batch = embedded.shape[0]
-  if prompt_config.soft_prompt_length > 0:
-    parts.append(prompts_lib.SoftPrompt(prompt_config, cfg.emb_dim, name='soft_prompt')(
-        batch, embedding_table))
-  if prompt_config.memory_size > 0:
-    parts.append(prompts_lib.MemoryBank(prompt_config, cfg.emb_dim, name='memory_bank')(
-        retrieval_embedding(embedded, tokens, embedding_table), tokens > 0, embedding_table,
-        tokens=tokens))
-  parts = [p.astype(embedded.dtype) for p in parts]
-  out = jnp.concatenate(parts + [embedded], axis=1)
-  return nn.with_logical_constraint(out, ('batch', 'length', 'embed'))
-
-
-def retrieval_embedding(embedded: Array, tokens: Array, embedding_table: Array) -> Array:
-  """The float32 `[B, T, d]` token embeddings the memory bank pools its query from.
-
-  `embedded` (`[B, T, d]`, the `Embed` output) is in the compute dtype. Under bfloat16
-  activations its rows are the float32 table rows rounded to 8 significant bits, and a query
-  pooled from them changes the retrieved top-k set of some rows although
-  `prompts.retrieve_top_k` scores in float32 (random SPT network, d=64, M=1024, k=4: 29 of
-  4096 rows; their new prompts take the largest bf16-vs-float32 logit difference from 1 % to
-  15 % of the largest logit; see tests/test_bf16.py). So the query is pooled from the
-  float32 rows of `embedding_table` (`[V, d]`) at `tokens` (`[B, T]`) instead: retrieval
-  (query, scores, top-k) is then float32 whatever the activation dtype, as T5X keeps its
-  precision-sensitive ops (softmax, layer norm, loss) in float32. With float32 activations
-  `embedded` is already those rows and is returned unchanged (bit-identical to before).
-  """
-  if embedded.dtype == jnp.float32:
-    return embedded
-  return jnp.take(jnp.asarray(embedding_table, jnp.float32), tokens.astype(jnp.int32), axis=0)
 
 
 class Decoder(nn.Module):
@@ -509,40 +470,43 @@ class Decoder(nn.Module):
 
 
 class Transformer(nn.Module):
-  """T5 encoder-decoder with T5X's module interface; optional SPT prompt on the encoder."""
+  """T5 encoder-decoder with T5X's module interface; optional prefix on the encoder input.
+
+  Attributes:
+    config: the T5 hyperparameters.
+    prefix: None (plain T5) or a prefix object (see the module docstring), e.g. SPT's
+      prompt prefix.
+  """
   config: T5Config
-  prompt_config: Optional[prompts_lib.PromptConfig] = None
+  prefix: Optional[Any] = None
 
   def setup(self):
     cfg = self.config
+    if self.prefix is not None and not (callable(self.prefix) and hasattr(self.prefix, 'length')):
+      raise TypeError(f'Transformer(prefix=...) takes an object with `length` and `__call__` '
+                      f'(see the network module docstring); got {type(self.prefix).__name__}.')
     self.token_embedder = Embed(cfg.vocab_size, cfg.emb_dim, cfg.compute_dtype,
                                 name='token_embedder')
-    self.encoder = Encoder(cfg, self.token_embedder, self.prompt_config, name='encoder')
+    self.encoder = Encoder(cfg, self.token_embedder, self.prefix, name='encoder')
     self.decoder = Decoder(cfg, self.token_embedder, name='decoder')
 
   @property
   def prefix_length(self) -> int:
-    """Number of prompt positions in front of the encoded tokens (0 without prompts)."""
-    return 0 if self.prompt_config is None else self.prompt_config.prefix_length
+    """P, the prefix positions in front of the encoded tokens (0 without a prefix)."""
+    return 0 if self.prefix is None else int(self.prefix.length)
 
   def encoder_valid_positions(self, encoder_input_tokens: Array) -> Array:
-    """`[B, T]` tokens -> `[B, P + T]` bool: prompt positions are always visible."""
+    """`[B, T]` tokens -> `[B, P + T]` bool: prefix positions are always visible."""
     valid = encoder_input_tokens > 0
     if self.prefix_length:
       prefix = jnp.ones((valid.shape[0], self.prefix_length), dtype=bool)
       valid = jnp.concatenate([prefix, valid], axis=1)
     return valid
 
-  def _check_segments(self, segment_ids: Optional[Array]):
-    if segment_ids is not None and self.prefix_length:
-      raise ValueError('Packed inputs (segment ids) cannot be combined with SPT / prompt-tuning '
-                       'prompts: set pack=False in the feature converter.')
-
   def encode(self, encoder_input_tokens: Array, encoder_segment_ids: Optional[Array] = None,
              encoder_positions: Optional[Array] = None, enable_dropout: bool = True) -> Array:
     """`[B, T]` -> `[B, P + T, d]`. Positions are implicit (relative bias over the index)."""
     del encoder_positions
-    self._check_segments(encoder_segment_ids)
     cfg = self.config
     valid = self.encoder_valid_positions(encoder_input_tokens)
     encoder_mask = make_attention_mask(valid, valid, dtype=cfg.compute_dtype)
@@ -554,11 +518,11 @@ class Transformer(nn.Module):
           dtype=cfg.compute_dtype)
     return self.encoder(encoder_input_tokens, encoder_mask, deterministic=not enable_dropout)
 
-  def retrieval_query(self, encoder_input_tokens: Array) -> Array:
-    """`[B, T]` tokens -> `[B, d]` float32: the query the memory bank retrieves with.
+  def prefix_query(self, encoder_input_tokens: Array) -> Array:
+    """`[B, T]` tokens -> `[B, d]`: the prefix's query of each input (`prefix.query`).
 
-    The same embedding, pooling and query projection as retrieval (all-padding rows
-    give the zero vector); used by the trainer's data-driven key initialisation.
+    For SPT's prefix, the float32 query its memory bank retrieves with (used by the
+    trainer's data-driven key initialisation).
     """
     return self.encoder(encoder_input_tokens, None, deterministic=True, return_query=True)
 
@@ -568,7 +532,6 @@ class Transformer(nn.Module):
              decoder_positions: Optional[Array] = None, enable_dropout: bool = True,
              decode: bool = False, max_decode_length: Optional[int] = None) -> Array:
     """Decoder logits `[B, L, V]` (float32) given `encoded` `[B, P + T, d]`."""
-    self._check_segments(encoder_segment_ids)
     cfg = self.config
     dtype = cfg.compute_dtype
     encoder_valid = self.encoder_valid_positions(encoder_input_tokens)

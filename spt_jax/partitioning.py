@@ -34,7 +34,7 @@ MESH_AXES = (DATA_AXIS, MODEL_AXIS)
 LogicalRules = Sequence[tuple[str, str | None]]
 
 # SPT's own axes. `memory` is split over `model` so a large memory bank is sharded and
-# retrieval runs as a two-stage top-k (see prompts.retrieve_top_k). `query_mlp` is the
+# retrieval runs as a two-stage top-k (see retrieval.retrieve_top_k). `query_mlp` is the
 # small bottleneck of the optional ATTEMPT query projection (replicated).
 SPT_AXIS_RULES: tuple[tuple[str, str | None], ...] = (
     ('prompt', None),

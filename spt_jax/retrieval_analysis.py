@@ -27,7 +27,7 @@ Structure (does retrieval follow the discrete prompt?):
 All functions take plain arrays, so they run on logs saved by any tool;
 `plot_heatmap` writes a PNG with matplotlib's Agg backend. `usage_summary` is the
 one implementation of the health statistics: it also runs on jax arrays (pass
-``xp=jax.numpy``), which is how `prompts.retrieval_statistics` computes them
+``xp=jax.numpy``), which is how `memory_health.retrieval_statistics` computes them
 inside the jitted train step.
 """
 

@@ -114,9 +114,12 @@ def create_model(config: network_lib.T5Config | None = None,
                  z_loss: float = 1e-4, label_smoothing: float = 0.0,
                  loss_normalizing_factor: float | str | None = None
                  ) -> models_lib.EncoderDecoderModel:
-  """`EncoderDecoderModel` around `Transformer(config, prompt_config)` (gin: `runner.create_model`)."""
+  """`EncoderDecoderModel` around `Transformer(config, PromptPrefix(prompt_config))`.
+
+  gin: `runner.create_model`; `prompt_config=None` is plain T5 (no prefix).
+  """
   network = network_lib.Transformer(config or network_lib.T5Config(),
-                                    prompt_config=prompt_config)
+                                    prefix=prompts_lib.prompt_prefix(prompt_config))
   return models_lib.EncoderDecoderModel(network, z_loss=z_loss, label_smoothing=label_smoothing,
                                         loss_normalizing_factor=loss_normalizing_factor)
 
@@ -200,9 +203,7 @@ class ModelSetup:
              ) -> 'ModelSetup':
     mesh = mesh if mesh is not None else partitioning.create_mesh()
     rules = tuple(rules)
-    prompt_config = model.network.prompt_config
-    if prompt_config is not None:
-      prompt_config.validate(max_input_length=int(task_feature_lengths['inputs']))
+    model.validate_features(task_feature_lengths)
     batch = dummy_batch(task_feature_lengths)
     with partitioning.activate(mesh, rules):
       variables = jax.eval_shape(
@@ -250,11 +251,9 @@ class ModelSetup:
                                   jax.random.PRNGKey(0))
 
   def retrieval_queries(self, params: Any, encoder_input_tokens: Any) -> Any:
-    """[B, d] retrieval queries of a global batch of inputs (`Transformer.retrieval_query`)."""
-    net = self.model.network
+    """[B, d] retrieval queries of a global batch of inputs (`model.retrieval_query`)."""
     with self.activate():
-      return jax.jit(lambda p, t: net.apply({'params': p}, t, method=net.retrieval_query))(
-          params, encoder_input_tokens)
+      return jax.jit(self.model.retrieval_query)(params, encoder_input_tokens)
 
 
 # ------------------------------------------------------------------------------------------
@@ -332,7 +331,7 @@ def create_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str,
                    shuffle: bool = True, seed: int | None = 0, use_cached: bool = False,
                    pack: bool = False, num_epochs: int | None = None,
                    skip_batches: int = 0, input_sharding: str = 'shard_info',
-                   prompt_config: prompts_lib.PromptConfig | None = None,
+                   model: models_lib.EncoderDecoderModel | None = None,
                    prefetch: int = 2, autotune: bool = True) -> Iterator[dict[str, np.ndarray]]:
   """Host-local numpy batches of the `EncDecFeatureConverter` output.
 
@@ -349,7 +348,8 @@ def create_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str,
       (`seqio.ShardInfo(process_index, process_count)`), the scalable default; or
       'slice_global_batch' — each process reads the whole stream, batches it globally and
       keeps its rows, so the global batches do not depend on the number of processes.
-    prompt_config: the model's prompt config (checked against `pack`).
+    model: the model the batches are for (`model.validate_features` checks `pack` and the
+      feature lengths against its prompts).
     prefetch: tf.data prefetch depth.
     autotune: tf.data's autotuning of buffer sizes and parallelism (on by default, as in
       T5X). Off suits a host with few cores reading a mixture of many small tasks: every
@@ -361,10 +361,8 @@ def create_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str,
   """
   import seqio  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  if prompt_config is not None and prompt_config.prefix_length and pack:
-    raise ValueError('pack=True cannot be used with SPT / prompt-tuning prompts (each row must '
-                     'hold one example so its prompt is prepended once); set '
-                     'train/configs.DatasetConfig.pack = False.')
+  if model is not None:
+    model.validate_features(task_feature_lengths, pack)
   local_batch = partitioning.host_local_batch_size(global_batch_size, mesh)
   get_mixture_or_task(mixture_or_task_name)
   nproc, pid = jax.process_count(), jax.process_index()

@@ -6,9 +6,12 @@ expect raw arrays in `params`. spt_jax's `network.Transformer` instead boxes its
 with flax's newer metadata API (`nn.with_logical_partitioning`), so `init` returns
 `nn.LogicallyPartitioned` leaves and no `params_axes`.
 
-`SptT5XTransformer` is `network.Transformer` unchanged (same fields, same `encode` / `decode`
-/ `__call__`, same parameter tree, so checkpoints move between the two trainers) except that
-`init` returns T5X's layout:
+`SptT5XTransformer` is `network.Transformer` with its prefix given as a `prompt_config`
+(gin: `t5x_adapter.SptT5XTransformer.prompt_config = @prompts.PromptConfig()`, turned into
+`prompts.PromptPrefix`); same `encode` / `decode` / `__call__`, same parameter tree, so
+checkpoints move between the two trainers. It refuses packed batches (segment ids) when it
+has prompts, as spt_jax's model does (T5X's trainer calls the module directly), and `init`
+returns T5X's layout:
 
   params       raw arrays, e.g. params/encoder/memory_bank/values           [M, L_m, d]
   params_axes  AxisMetadata, e.g. params_axes/encoder/memory_bank/values_axes
@@ -39,13 +42,14 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Optional
 
 import flax
 import flax.linen as nn
 from flax import traverse_util
 from flax.linen import partitioning as flax_partitioning
 
+from spt_jax import models
 from spt_jax import network
 from spt_jax import prompts
 
@@ -92,7 +96,32 @@ def to_t5x_variables(variables: Mapping[str, Any]) -> flax.core.FrozenDict:
 
 
 class SptT5XTransformer(network.Transformer):
-  """`network.Transformer` whose `init` emits T5X's `params` + `params_axes` layout."""
+  """`network.Transformer` whose `init` emits T5X's `params` + `params_axes` layout.
+
+  Attributes:
+    prompt_config: the prompts (None: plain T5); sets `prefix` to `PromptPrefix(it)`.
+  """
+  prompt_config: Optional[prompts.PromptConfig] = None
+
+  def __post_init__(self):
+    if self.prompt_config is not None and self.prefix is None:
+      object.__setattr__(self, 'prefix', prompts.PromptPrefix(self.prompt_config))
+    super().__post_init__()
+
+  def encode(self, encoder_input_tokens, encoder_segment_ids=None, encoder_positions=None,
+             enable_dropout=True):
+    models.check_unpacked(self.prefix_length, encoder_segment_ids is not None)
+    return super().encode(encoder_input_tokens, encoder_segment_ids, encoder_positions,
+                          enable_dropout=enable_dropout)
+
+  def decode(self, encoded, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
+             encoder_segment_ids=None, decoder_segment_ids=None, decoder_positions=None,
+             enable_dropout=True, decode=False, max_decode_length=None):
+    models.check_unpacked(self.prefix_length, encoder_segment_ids is not None)
+    return super().decode(encoded, encoder_input_tokens, decoder_input_tokens,
+                          decoder_target_tokens, encoder_segment_ids, decoder_segment_ids,
+                          decoder_positions, enable_dropout=enable_dropout, decode=decode,
+                          max_decode_length=max_decode_length)
 
   def _check_t5x_compatible(self):
     if self.prompt_config is not None and self.prompt_config.key_loss_weight:

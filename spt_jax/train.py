@@ -52,12 +52,11 @@ from etils import epath
 
 from spt_jax import checkpoints
 from spt_jax import configs
+from spt_jax import memory_health
 from spt_jax import models as models_lib
 from spt_jax import optim
 from spt_jax import partitioning
 from spt_jax import paths
-from spt_jax import prompts as prompts_lib
-from spt_jax import retrieval_analysis
 from spt_jax import runner
 from spt_jax import train_state as train_state_lib
 
@@ -95,8 +94,7 @@ def model_flops_per_step(model: models_lib.EncoderDecoderModel, abstract_params:
   parameter is frozen ("model FLOPs").
   """
   cfg = model.network.config
-  prefix = model.network.prompt_config.prefix_length if model.network.prompt_config else 0
-  enc_len = input_length + prefix
+  enc_len = input_length + model.prefix_length
   flat = optim.flatten_paths(abstract_params)
   enc = sum(math.prod(a.shape) for k, a in flat.items()
             if k.startswith('encoder/') and k.endswith('kernel'))
@@ -219,9 +217,6 @@ def make_train_step(model: models_lib.EncoderDecoderModel, tx, mask: Any,
   """
   if sum_microbatch_grads is None:
     sum_microbatch_grads = model.loss_normalizing_factor is None
-  prompt_config = model.network.prompt_config if model.has_memory else None
-  memory_size = prompt_config.memory_size if prompt_config is not None else 0
-  tracks_usage = prompt_config is not None and prompt_config.tracks_usage
 
   def grads_and_metrics(params, batch, rng, model_state):
     grad_fn = jax.value_and_grad(model.loss_fn, has_aux=True)
@@ -261,18 +256,14 @@ def make_train_step(model: models_lib.EncoderDecoderModel, tx, mask: Any,
     out['learning_rate'] = schedule(state.step)
     if 'balance_loss' in metrics:
       out['retrieval/balance_loss'] = metrics['balance_loss']
-    if tracks_usage:
-      new_state, restarted, total = _track_usage_and_restart(
-          new_state, metrics, prompt_config, jax.random.fold_in(rng, _RESTART_RNG_SALT))
-      out['retrieval/restarted_slots'] = restarted
-      out['retrieval/restarts_total'] = total
-    if memory_size and 'retrieval_indices' in metrics:
-      stats = prompts_lib.retrieval_statistics(metrics['retrieval_indices'], memory_size)
-      out['retrieval/entropy'] = stats['entropy']
-      out['retrieval/normalized_entropy'] = stats['normalized_entropy']
-      out['retrieval/batch_used_fraction'] = stats['batch_used_fraction']
-      out['retrieval/histogram'] = stats['histogram']
-      out['retrieval/mean_top_score'] = jnp.mean(metrics['retrieval_scores'][:, 0])
+    if model.tracks_usage:
+      # The memory bank's usage stats; every `restart_every_steps` steps, dead-slot restarts.
+      params, model_state, usage = model.track_usage(
+          new_state.params, new_state.model_state, new_state.step, metrics,
+          jax.random.fold_in(rng, _RESTART_RNG_SALT))
+      new_state = new_state.replace(params=params, model_state=model_state)
+      out.update(usage)
+    out.update(model.retrieval_metrics(metrics))
     return new_state, out
 
   return step_fn
@@ -280,33 +271,6 @@ def make_train_step(model: models_lib.EncoderDecoderModel, tx, mask: Any,
 
 # Folded into a step's key for the dead-slot restart (clear of microbatch indices).
 _RESTART_RNG_SALT = 0x5E57A27
-
-
-def _track_usage_and_restart(state: train_state_lib.TrainState, metrics: Mapping[str, Any],
-                             prompt_config: prompts_lib.PromptConfig, rng: jax.Array):
-  """Updates the memory usage stats with this step's retrievals; restarts dead slots.
-
-  Runs after the optimizer update of step s (so `state.step` = s + 1); every
-  `restart_every_steps` steps the dead slots' keys are re-drawn (`lax.cond`, so other
-  steps pay nothing). Returns (state, slots restarted this step, restarts so far).
-  """
-  model_state = prompts_lib.update_all_memory_stats(
-      state.model_state, state.params, metrics['retrieval_indices'],
-      metrics['retrieval_queries'], metrics['retrieval_valid'], prompt_config)
-
-  def restart(operands):
-    params, model_state = operands
-    return prompts_lib.restart_dead_slots(params, model_state, prompt_config, rng)
-
-  def keep(operands):
-    params, model_state = operands
-    return params, model_state, jnp.zeros((), jnp.int32)
-
-  due = state.step % prompt_config.restart_every_steps == 0
-  params, model_state, restarted = jax.lax.cond(due, restart, keep,
-                                                (state.params, model_state))
-  total = prompts_lib.total_restarts(model_state)
-  return state.replace(params=params, model_state=model_state), restarted, total
 
 
 # ------------------------------------------------------------------------------------------
@@ -344,58 +308,19 @@ class _PreemptionWatcher:
 # ------------------------------------------------------------------------------------------
 # train().
 # ------------------------------------------------------------------------------------------
-_USAGE_DIR = 'retrieval_usage'
-
-
-def _save_usage(model_dir: str, step: int, usage: np.ndarray, keep: set[int]) -> None:
-  """Writes `<model_dir>/retrieval_usage/<step>.npy` (process 0); drops other steps'."""
-  if jax.process_index() != 0:
-    return
-  directory = epath.Path(model_dir) / _USAGE_DIR
-  directory.mkdir(parents=True, exist_ok=True)
-  tmp = directory / f'{step}.npy.tmp'
-  with tmp.open('wb') as f:
-    np.save(f, usage)
-  tmp.replace(directory / f'{step}.npy')   # a killed run may have written it already
-  for path in directory.glob('*.npy'):
-    if path.name[:-4].isdigit() and int(path.name[:-4]) not in keep:
-      path.unlink()
-
-
-def _load_usage(model_dir: str, step: int) -> np.ndarray | None:
-  path = epath.Path(model_dir) / _USAGE_DIR / f'{step}.npy'
-  if not path.exists():
-    logging.warning('No cumulative retrieval usage saved for step %d; the cumulative '
-                    'retrieval metrics count from the resume step.', step)
-    return None
-  with path.open('rb') as f:
-    return np.load(f)
-
-
-def _cumulative_usage_metrics(usage: np.ndarray) -> dict[str, float]:
-  """Health of the slot usage accumulated over every training retrieval since step 1.
-
-  `usage` [M] counts (restored with the checkpoint on resume, see `_save_usage`).
-  """
-  summary = retrieval_analysis.usage_summary(usage)
-  return {'retrieval/never_used_fraction': summary['unused_fraction'],
-          'retrieval/cumulative_never_used_fraction': summary['unused_fraction'],
-          'retrieval/cumulative_normalized_entropy': summary['normalized_entropy']}
-
-
 def _init_keys_from_data(setup: runner.ModelSetup, state: train_state_lib.TrainState,
                          data: Any, batch_size: int, mesh: jax.sharding.Mesh, rng: jax.Array
                          ) -> tuple[train_state_lib.TrainState, Any]:
   """Data-driven memory keys at step 0 (`PromptConfig.key_init` 'queries' / 'kmeans').
 
   Peeks at the first `key_init_batches` training batches, computes their retrieval
-  queries with the network (`Transformer.retrieval_query`), drops empty inputs and sets
-  the keys with `prompts.init_keys_from_queries`. The peeked batches are put back in
-  front of the stream, so training sees exactly the batches it would have seen. The
+  queries with the model (`EncoderDecoderModel.retrieval_query`), drops empty inputs and
+  sets the keys with `memory_health.init_keys_from_queries`. The peeked batches are put
+  back in front of the stream, so training sees exactly the batches it would have seen. The
   optimizer state is left as is (its initial value does not depend on the parameters).
   Returns `(state, data)` unchanged for other configs.
   """
-  cfg = setup.model.network.prompt_config
+  cfg = setup.model.prompt_config
   if (cfg is None or cfg.memory_size == 0 or cfg.key_init == 'values_mean'
       or cfg.slot_assignment != 'learned'):
     return state, data
@@ -411,7 +336,7 @@ def _init_keys_from_data(setup: runner.ModelSetup, state: train_state_lib.TrainS
   logging.info("Memory keys initialised by key_init='%s' from %d queries of %d batches.",
                cfg.key_init, queries.shape[0], cfg.key_init_batches)
   with setup.activate():
-    params = jax.jit(prompts_lib.init_keys_from_queries, static_argnums=2,
+    params = jax.jit(memory_health.init_keys_from_queries, static_argnums=2,
                      out_shardings=setup.param_shardings)(
                          state.params, jnp.asarray(queries), cfg, rng)
   return state.replace(params=params), itertools.chain(peeked, data)
@@ -547,10 +472,7 @@ def train(
   if model is None:
     model = runner.create_model()
   runner.check_vocabulary(mixture_or_task_name, model.network.config.vocab_size)
-  if model.network.prompt_config is not None and model.network.prompt_config.prefix_length and (
-      data_cfg.pack):
-    raise ValueError('pack=True cannot be used with SPT / prompt-tuning prompts; set '
-                     'train/configs.DatasetConfig.pack = False.')
+  model.validate_features(task_feature_lengths, data_cfg.pack)
 
   setup = runner.ModelSetup.create(model, task_feature_lengths, mesh=mesh, rules=rules)
   schedule = opt_cfg.learning_rate_schedule or optim.constant_schedule(opt_cfg.learning_rate)
@@ -626,8 +548,7 @@ def train(
       mixture_or_task_name, task_feature_lengths, batch_size, mesh, split='train',
       shuffle=data_cfg.shuffle, seed=seed, use_cached=data_cfg.use_cached, pack=data_cfg.pack,
       skip_batches=start_step, input_sharding=data_cfg.input_sharding,
-      autotune=data_cfg.autotune,
-      prompt_config=model.network.prompt_config)
+      autotune=data_cfg.autotune, model=model)
   # A fresh run draws data-driven keys, unless its initial checkpoint holds trained memory
   # keys, which it keeps: an spt_jax SPT run ('orbax', e.g. SuperGLUE from the GLUE run's
   # prompts) or a T5X run of this network ('t5x', gin/t5x/). Pretrained T5 has none.
@@ -655,8 +576,8 @@ def train(
   peak = (peak_flops_per_device or peak_flops()) * mesh.size
   # Cumulative slot usage since step 1, saved next to each checkpoint so a resumed run
   # continues the count (a run resumed from a checkpoint without it starts again at 0).
-  memory_size = model.network.prompt_config.memory_size if model.has_memory else 0
-  usage = _load_usage(model_dir, start_step) if start_step and memory_size else None
+  usage = (memory_health.load_usage(model_dir, start_step)
+           if start_step and model.memory_size else None)
 
   def write_window(window, seconds, steps):
     nonlocal usage
@@ -664,7 +585,7 @@ def train(
       hist = values.pop('retrieval/histogram', None)
       if hist is not None:
         usage = hist.astype(np.int64) if usage is None else usage + hist
-        values.update(_cumulative_usage_metrics(usage))
+        values.update(memory_health.cumulative_usage_metrics(usage))
       writers.scalars(s, values)
     if steps and seconds > 0:
       last_step, last = window[-1]
@@ -717,7 +638,7 @@ def train(
         paused = time.time()  # Saving / evaluating is excluded from the throughput window.
         if ckpt.should_save(step) or final or preempted:
           if usage is not None:
-            _save_usage(model_dir, step, usage, keep=set(ckpt.all_steps()) | {step})
+            memory_health.save_usage(model_dir, step, usage, keep=set(ckpt.all_steps()) | {step})
           ckpt.save(state, {'mixture_or_task_name': mixture_or_task_name,
                             'batch_size': batch_size, 'seed': seed})
         if eval_fn is not None and ((eval_every_steps and step % eval_every_steps == 0)

@@ -46,7 +46,7 @@ def params_and_inputs():
   lengths = rng.randint(1, ENC_LEN + 1, size=RETRIEVAL_ROWS)
   enc[np.arange(ENC_LEN)[None] >= lengths[:, None]] = 0
   dec = rng.randint(2, F32.vocab_size, size=(RETRIEVAL_ROWS, DEC_LEN)).astype(np.int32)
-  model = network.Transformer(F32, SPT)
+  model = network.Transformer(F32, prompts.PromptPrefix(SPT))
   params = jax.jit(lambda: model.init(jax.random.PRNGKey(0), enc[:2], dec[:2], dec[:2],
                                       enable_dropout=False))()['params']
   return params, enc, dec
@@ -54,7 +54,7 @@ def params_and_inputs():
 
 def _encode(config, params, enc):
   """`[B, P+T, d]` encoder output and `[B, k]` retrieved slots of `config`'s dtype."""
-  model = network.Transformer(config, SPT)
+  model = network.Transformer(config, prompts.PromptPrefix(SPT))
   fn = jax.jit(lambda p, e: model.apply({'params': p}, e, enable_dropout=False,
                                         method=network.Transformer.encode,
                                         mutable=[prompts.RETRIEVAL_COLLECTION]))
@@ -64,7 +64,7 @@ def _encode(config, params, enc):
 
 
 def _logits(config, params, enc, dec):
-  model = network.Transformer(config, SPT)
+  model = network.Transformer(config, prompts.PromptPrefix(SPT))
   return np.asarray(jax.jit(lambda p, e, d: model.apply({'params': p}, e, d, d,
                                                         enable_dropout=False))(params, enc, dec))
 

@@ -35,7 +35,9 @@ TINY = network.T5Config(
 
 
 def _init(config, prompt_config=None, abstract=False):
-  model = network.Transformer(config, prompt_config)
+  prefix = (None if prompt_config is None
+            else pytest.importorskip('spt_jax.prompts').PromptPrefix(prompt_config))
+  model = network.Transformer(config, prefix)
   tokens = np.ones((1, 4), np.int32)
   init = lambda: model.init(jax.random.PRNGKey(0), tokens, tokens, tokens,
                             enable_dropout=False)['params']

@@ -638,7 +638,8 @@ def _tiny_spt_network(key_loss_weight=0.0):
                          num_encoder_layers=1, num_decoder_layers=1)
   pc = prompts.PromptConfig(soft_prompt_length=3, memory_size=8, memory_length=2, top_k=2,
                             init_vocab_size=100, key_loss_weight=key_loss_weight)
-  return spt_t5x, network.Transformer(cfg, pc), spt_t5x.SptT5XTransformer(cfg, pc)
+  return (spt_t5x, network.Transformer(cfg, prompts.PromptPrefix(pc)),
+          spt_t5x.SptT5XTransformer(cfg, prompt_config=pc))
 
 
 def _tiny_batch():
@@ -706,6 +707,16 @@ def test_t5x_adapter_refuses_key_loss():
   enc, dec_in, dec_tgt = _tiny_batch()
   with pytest.raises(ValueError, match='key_loss_weight=0.5 has no effect'):
     t5x_net.init(jax.random.PRNGKey(0), enc, dec_in, dec_tgt, enable_dropout=False)
+
+
+def test_t5x_adapter_refuses_packed_batches_with_prompts():
+  # T5X's trainer calls the module directly, so the adapter refuses segment ids itself.
+  import jax  # pylint: disable=g-import-not-at-top
+  _, _, t5x_net = _tiny_spt_network()
+  enc, dec_in, dec_tgt = _tiny_batch()
+  with pytest.raises(ValueError, match='pack=False'):
+    t5x_net.init(jax.random.PRNGKey(0), enc, dec_in, dec_tgt, encoder_segment_ids=enc,
+                 decoder_segment_ids=dec_tgt, enable_dropout=False)
 
 
 def test_t5x_local_model_is_the_tiny_model_of_runs_local():

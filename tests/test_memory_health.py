@@ -1,11 +1,13 @@
-"""Memory-bank health remedies: balance loss, dead-slot restart, data-driven key init,
-learnable (ATTEMPT) query and the fixed-random slot-assignment control.
+"""Memory-bank health: usage statistics, balance loss, dead-slot restart, data-driven key
+init, prompt re-init from an embedding, learnable (ATTEMPT) query and the fixed-random
+slot-assignment control (spt_jax.memory_health and the bank of spt_jax.prompts).
 
 Numbers are checked against small NumPy references; sharded code runs on the 8 fake CPU
 devices of conftest.py with (data, model) meshes 1x8 and 2x4.
 """
 import dataclasses
 
+import flax
 import flax.linen as nn
 import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -13,8 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from spt_jax import memory_health
 from spt_jax import network
 from spt_jax import prompts
+from spt_jax import retrieval
 
 RULES = (('batch', 'data'), ('vocab', 'model'), ('embed', None), ('mlp', 'model'),
          ('heads', 'model'), ('kv', None), ('joined_kv', 'model'), ('prompt', None),
@@ -98,7 +102,7 @@ def test_sharded_balance_loss_equals_single_device(mesh_shape, similarity):
   want, want_grad = _loss_and_grad(query, keys, indices, valid, 0.3, similarity)
   mesh = _mesh(mesh_shape)
   with jax.set_mesh(mesh), nn.logical_axis_rules(RULES):
-    assert prompts.memory_mesh_axes(32) == ('model',)
+    assert retrieval.memory_mesh_axes(32) == ('model',)
     kk = jax.device_put(keys, NamedSharding(mesh, P('model')))
     q = jax.device_put(query, NamedSharding(mesh, P('data')))
     fn = jax.jit(jax.value_and_grad(
@@ -219,7 +223,7 @@ def test_update_memory_stats_ema_and_ring_buffer():
   indices = jnp.array([[0, 1], [1, 2], [7, 6]], jnp.int32)
   valid = jnp.array([True, True, False])
   queries = jnp.arange(3 * D, dtype=jnp.float32).reshape(3, D)
-  out = jax.jit(prompts.update_memory_stats, static_argnums=4)(
+  out = jax.jit(memory_health.update_memory_stats, static_argnums=4)(
       _stats(m, size, count=3), indices, queries, valid, cfg)
   share = np.array([1, 2, 1, 0, 0, 0, 0, 0]) / 4
   np.testing.assert_allclose(out['ema_usage'], 0.9 / m + 0.1 * share, rtol=1e-6)
@@ -230,7 +234,7 @@ def test_update_memory_stats_ema_and_ring_buffer():
   np.testing.assert_array_equal(buf[1:3], 0.)
   # More valid queries than the buffer holds: the last `size` are kept, in ring order.
   many = jnp.arange(6 * D, dtype=jnp.float32).reshape(6, D)
-  out = prompts.update_memory_stats(_stats(m, size), jnp.zeros((6, 2), jnp.int32), many,
+  out = memory_health.update_memory_stats(_stats(m, size), jnp.zeros((6, 2), jnp.int32), many,
                                     jnp.ones(6, bool), cfg)
   np.testing.assert_array_equal(np.asarray(out['query_buffer'])[[2, 3, 0, 1]], many[2:])
 
@@ -255,7 +259,7 @@ def test_restart_redraws_exactly_the_dead_slots(copy_values):
   cfg = prompts.PromptConfig(memory_size=m, top_k=2, restart_every_steps=1,
                              restart_threshold=0.05, restart_noise=0.01,
                              restart_copy_values=copy_values, query_buffer_size=6)
-  fn = jax.jit(prompts.restart_slots, static_argnums=3)
+  fn = jax.jit(memory_health.restart_slots, static_argnums=3)
   new_keys, new_values, new_stats, num = fn(keys, values, stats, cfg, jax.random.PRNGKey(3))
   assert int(num) == len(dead) and int(new_stats['restarts_total']) == len(dead)
   live = np.setdiff1d(np.arange(m), dead)
@@ -291,7 +295,7 @@ def test_sharded_restart_equals_single_device(mesh_shape):
   keys, values, stats, dead = _restart_case(m=32, seed=2)
   cfg = prompts.PromptConfig(memory_size=32, top_k=2, restart_every_steps=1,
                              restart_copy_values=True, query_buffer_size=6)
-  fn = jax.jit(prompts.restart_slots, static_argnums=3)
+  fn = jax.jit(memory_health.restart_slots, static_argnums=3)
   want = fn(keys, values, stats, cfg, jax.random.PRNGKey(5))
   mesh = _mesh(mesh_shape)
   with jax.set_mesh(mesh), nn.logical_axis_rules(RULES):
@@ -329,14 +333,14 @@ def test_kmeans_key_init_matches_numpy_and_is_seeded(similarity):
   centers = rng.randn(4, D) * 3
   points = (centers[rng.randint(0, 4, 40)] + 0.3 * rng.randn(40, D)).astype(np.float32)
   cfg = prompts.PromptConfig(memory_size=6, top_k=2, key_init='kmeans', similarity=similarity)
-  fn = jax.jit(prompts.keys_from_queries, static_argnums=1)
+  fn = jax.jit(memory_health.keys_from_queries, static_argnums=1)
   keys = fn(jnp.asarray(points), cfg, jax.random.PRNGKey(7))
   np.testing.assert_array_equal(keys, fn(jnp.asarray(points), cfg, jax.random.PRNGKey(7)))
   assert not np.array_equal(keys, fn(jnp.asarray(points), cfg, jax.random.PRNGKey(8)))
   # Same initial centroids as the function draws, then the NumPy Lloyd iterations.
-  init = jax.jit(prompts.keys_from_queries, static_argnums=1)(
+  init = jax.jit(memory_health.keys_from_queries, static_argnums=1)(
       jnp.asarray(points), dataclasses.replace(cfg, key_init='queries'), jax.random.PRNGKey(7))
-  want = _np_kmeans(points, np.asarray(init), prompts.KMEANS_ITERATIONS,
+  want = _np_kmeans(points, np.asarray(init), memory_health.KMEANS_ITERATIONS,
                     spherical=similarity == 'cosine')
   np.testing.assert_allclose(np.asarray(keys), want, atol=1e-5)
 
@@ -348,7 +352,8 @@ def test_query_key_init_samples_queries_and_replaces_only_keys():
   params = {'encoder': {'memory_bank': {'keys': jnp.zeros((12, D)),
                                         'values': jnp.ones((12, 2, D))}},
             'other': {'w': jnp.ones(3)}}
-  out = prompts.init_keys_from_queries(params, jnp.asarray(queries), cfg, jax.random.PRNGKey(0))
+  out = memory_health.init_keys_from_queries(params, jnp.asarray(queries), cfg,
+                                             jax.random.PRNGKey(0))
   keys = np.asarray(out['encoder']['memory_bank']['keys'])
   np.testing.assert_array_equal(out['encoder']['memory_bank']['values'], 1.)
   np.testing.assert_array_equal(out['other']['w'], 1.)
@@ -364,10 +369,10 @@ def test_network_retrieval_query_is_the_bank_query():
                          num_encoder_layers=1, num_decoder_layers=1, dropout_rate=0.)
   pc = prompts.PromptConfig(soft_prompt_length=2, memory_size=8, memory_length=2, top_k=2,
                             pooling='max', query_projection='attempt', query_projection_dim=3)
-  net = network.Transformer(cfg, pc)
+  net = network.Transformer(cfg, prompts.PromptPrefix(pc))
   tokens = jnp.array([[5, 6, 7, 0], [9, 0, 0, 0]], jnp.int32)
   variables = net.init(jax.random.PRNGKey(0), tokens, tokens, tokens, enable_dropout=False)
-  q = net.apply(variables, tokens, method=net.retrieval_query)
+  q = net.apply(variables, tokens, method=net.prefix_query)
   params = nn.unbox(variables['params'])
   emb = jnp.take(params['token_embedder']['embedding'], tokens, axis=0)
   pooled = prompts.pool_query(emb, tokens > 0, 'max')
@@ -405,7 +410,7 @@ def test_spt_gin_is_healthy_and_spt_paper_gin_is_the_paper_reading():
       gin.clear_config()
     cli.parse_gin([f'methods/{method}.gin', 'runs/local.gin'],
                   ["MODEL_DIR = '/tmp/unused'"], ['gin'], finalize=False)
-    configs[method] = gin_configurables.create_model().network.prompt_config
+    configs[method] = gin_configurables.create_model().prompt_config
   with gin.unlock_config():
     gin.clear_config()
   paper, healthy = configs['spt_paper'], configs['spt']
@@ -418,3 +423,70 @@ def test_spt_gin_is_healthy_and_spt_paper_gin_is_the_paper_reading():
                              usage_ema_decay=0.99) == paper
   assert healthy.balance_loss_weight > 0 and healthy.restart_every_steps > 0
   assert healthy.key_init == 'kmeans'
+
+
+# ----------------------------------------------------------------------------
+# Usage statistics and prompt re-initialisation.
+
+
+def _table(seed=0, vocab=64, d=D):
+  return jax.random.normal(jax.random.key(seed), (vocab, d), jnp.float32)
+
+
+def _inputs(batch, length=7, seed=1, d=D):
+  """Embedded tokens [B, T, d] and a padded mask (row b has b % T + 1 tokens; last row none)."""
+  emb = jax.random.normal(jax.random.key(seed), (batch, length, d), jnp.float32)
+  lengths = np.array([(b % length) + 1 for b in range(batch)])
+  if batch > 2:
+    lengths[-1] = 0  # an all-padding row (e.g. eval batch padding)
+  mask = (np.arange(length)[None] < lengths[:, None]).astype(np.int32)
+  return emb, jnp.asarray(mask)
+
+
+def test_retrieval_statistics_match_numpy():
+  indices = jnp.array([[0, 3], [3, 5], [0, 3]])
+  stats = jax.jit(memory_health.retrieval_statistics, static_argnums=1)(indices, 8)
+  hist = np.bincount(np.asarray(indices).ravel(), minlength=8)
+  np.testing.assert_array_equal(stats['histogram'], hist)
+  p = hist[hist > 0] / hist.sum()
+  np.testing.assert_allclose(stats['entropy'], -(p * np.log(p)).sum(), rtol=1e-6)
+  np.testing.assert_allclose(stats['normalized_entropy'], -(p * np.log(p)).sum() / np.log(8),
+                             rtol=1e-6)
+  assert float(stats['batch_used_fraction']) == 3 / 8
+  assert float(stats['never_used_fraction']) == 5 / 8
+  stats2 = memory_health.retrieval_statistics(jnp.array([[1, 7]]), 8, usage_so_far=stats['usage'])
+  np.testing.assert_array_equal(stats2['usage'], hist + np.eye(8, dtype=int)[[1, 7]].sum(0))
+  assert float(stats2['never_used_fraction']) == 3 / 8
+  assert float(stats2['batch_used_fraction']) == 2 / 8
+
+
+def test_init_prompts_from_embedding_resamples_and_keeps_structure():
+  cfg = prompts.PromptConfig(soft_prompt_length=4, memory_size=8, memory_length=2, top_k=2,
+                             init_vocab_size=10)
+  table = _table()
+  emb, mask = _inputs(2)
+  bank = prompts.MemoryBank(cfg, D).init(jax.random.key(0), emb, mask, table)['params']
+  soft = prompts.SoftPrompt(cfg, D).init(jax.random.key(1), 2, table)['params']
+  params = {'encoder': {'soft_prompt': soft, 'memory_bank': bank,
+                        'layers_0': {'w': jnp.ones(3)}}}
+  new_table = np.asarray(_table(seed=7))
+  for tree in (params, flax.core.freeze(params)):
+    new = memory_health.init_prompts_from_embedding(tree, new_table, cfg, jax.random.key(3))
+    assert type(new) is type(tree)
+    assert isinstance(new['encoder']['memory_bank']['values'], nn.Partitioned)
+    assert nn.get_partition_spec(new) == nn.get_partition_spec(tree)
+    np.testing.assert_array_equal(new['encoder']['layers_0']['w'], np.ones(3))
+    values = np.asarray(nn.unbox(new['encoder']['memory_bank']['values']))
+    prompt = np.asarray(nn.unbox(new['encoder']['soft_prompt']['prompt']))
+    for row in np.concatenate([values.reshape(-1, D), prompt]):
+      assert np.any(np.all(row == new_table[:10], axis=1))
+    np.testing.assert_allclose(nn.unbox(new['encoder']['memory_bank']['keys']),
+                               values.mean(1), rtol=1e-6)
+  # The input tree is not modified.
+  np.testing.assert_array_equal(nn.unbox(params['encoder']['soft_prompt']['prompt']),
+                                nn.unbox(soft['prompt']))
+  # Uniform inits are left alone.
+  uniform = prompts.PromptConfig(soft_prompt_length=4, soft_prompt_init='uniform',
+                                 memory_size=8, memory_length=2, top_k=2, memory_init='uniform')
+  same = memory_health.init_prompts_from_embedding(params, new_table, uniform, jax.random.key(3))
+  jax.tree.map(np.testing.assert_array_equal, nn.unbox(same), nn.unbox(params))

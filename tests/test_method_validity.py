@@ -309,16 +309,16 @@ def test_gin_overlays_give_equal_prompt_length(mv):
   import gin
   from spt_jax import gin_configurables
   prefix = mv.spt_prefix_length([], [], ['gin'])
-  spt = gin_configurables.create_model().network.prompt_config
+  spt = gin_configurables.create_model().prompt_config
   assert prefix == spt.soft_prompt_length + spt.top_k * spt.memory_length
   assert spt.memory_size > 0
   mv.parse_method_gin('prompt_tuning',
                       [f'prompts.PromptConfig.soft_prompt_length = {prefix}'], [], ['gin'])
-  pt = gin_configurables.create_model().network.prompt_config
+  pt = gin_configurables.create_model().prompt_config
   assert pt.memory_size == 0 and pt.prefix_length == prefix
   assert gin.query_parameter('configs.OptimizerConfig.trainable') == 'full'
   mv.parse_method_gin('finetune', [], [], ['gin'])
-  assert gin_configurables.create_model().network.prompt_config is None
+  assert gin_configurables.create_model().prompt_config is None
   for method in ('spt_paper', 'spt_fixed_random'):
     mv.parse_method_gin(method, [], [], ['gin'])
     mv.check_prefix_length(method, prefix)   # raises if the lengths differ

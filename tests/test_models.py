@@ -60,9 +60,56 @@ def plain():
 
 @pytest.fixture(scope='module')
 def spt():
-  net = network.Transformer(TINY, prompt_config=SPT)
+  net = network.Transformer(TINY, prompts.PromptPrefix(SPT))
   batch = _make_batch(**BATCH)
   return net, _init(net, batch, seed=1), batch
+
+
+def test_prompt_api_of_the_model(plain, spt):
+  plain_model = models.EncoderDecoderModel(plain[0])
+  assert plain_model.prompt_config is None and plain_model.prefix_length == 0
+  assert not plain_model.has_memory and plain_model.memory_size == 0
+  assert not plain_model.tracks_usage
+  assert plain_model.retrieval_metrics({'retrieval_indices': jnp.zeros((2, 2), jnp.int32)}) == {}
+  model = models.EncoderDecoderModel(spt[0])
+  assert model.prompt_config == SPT and model.prefix_length == SPT.prefix_length == 7
+  assert model.has_memory and model.memory_size == 8 and not model.tracks_usage
+  tuning = models.EncoderDecoderModel(network.Transformer(
+      TINY, prompts.PromptPrefix(dataclasses.replace(SPT, memory_size=0))))
+  assert tuning.prefix_length == 3 and not tuning.has_memory and tuning.memory_size == 0
+  # The retrieval query is the bank's (no retrieval); [B, d] float32.
+  query = model.retrieval_query(spt[1], spt[2]['encoder_input_tokens'])
+  assert query.shape == (3, TINY.emb_dim) and query.dtype == jnp.float32
+  with pytest.raises(ValueError, match='needs a network with a memory bank'):
+    tuning.retrieval_query(plain[1], spt[2]['encoder_input_tokens'])
+
+
+def test_validate_features_packing_and_length():
+  cfg = prompts.PromptConfig(soft_prompt_length=10, memory_size=16, memory_length=5, top_k=2,
+                             max_encoder_length=64)
+  model = models.EncoderDecoderModel(network.Transformer(TINY, prompts.PromptPrefix(cfg)))
+  model.validate_features({'inputs': 44, 'targets': 4}, pack=False)
+  with pytest.raises(ValueError, match='pack=True cannot be used with SPT / prompt-tuning'):
+    model.validate_features({'inputs': 44, 'targets': 4}, pack=True)
+  with pytest.raises(ValueError, match=r'10 \+ 10 \+ 45 = 65 exceeds max_encoder_length=64'):
+    model.validate_features({'inputs': 45, 'targets': 4})
+  # Plain T5 (no prompt, or prompts of length 0) may pack.
+  models.EncoderDecoderModel(network.Transformer(TINY)).validate_features({'inputs': 512},
+                                                                          pack=True)
+  zero = prompts.PromptPrefix(prompts.PromptConfig(soft_prompt_length=0, memory_size=0))
+  models.EncoderDecoderModel(network.Transformer(TINY, zero)).validate_features(
+      {'inputs': 512}, pack=True)
+
+
+def test_packing_with_prompts_is_refused():
+  config = prompts.PromptConfig(soft_prompt_length=2, memory_size=0)
+  model = models.EncoderDecoderModel(network.Transformer(TINY, prompts.PromptPrefix(config)))
+  tokens = jnp.ones((1, 4), jnp.int32)
+  batch = dict(encoder_input_tokens=tokens, decoder_input_tokens=tokens,
+               decoder_target_tokens=tokens, encoder_segment_ids=tokens,
+               decoder_segment_ids=tokens)
+  with pytest.raises(ValueError, match='pack=False'):
+    model.loss_fn({}, batch, None)
 
 
 def _np_log_softmax(x):
@@ -149,7 +196,7 @@ def test_spt_key_loss_and_retrieval_metrics(spt):
                 & (np.asarray(m['retrieval_indices']) < SPT.memory_size))
 
   cfg = dataclasses.replace(SPT, key_loss_weight=0.5)
-  net_kl = network.Transformer(TINY, prompt_config=cfg)
+  net_kl = network.Transformer(TINY, prompts.PromptPrefix(cfg))
   model_kl = models.EncoderDecoderModel(net_kl)
   loss_kl, m_kl = jax.jit(model_kl.loss_fn)(params, batch, None)
   assert float(m_kl['key_loss']) > 0.0
@@ -159,7 +206,8 @@ def test_spt_key_loss_and_retrieval_metrics(spt):
                              float(m_kl['cross_ent_loss'] + m_kl['z_loss'] + m_kl['key_loss']),
                              rtol=1e-5)
   # The key loss sends a gradient to the memory keys even with hard retrieval.
-  hard = network.Transformer(TINY, prompt_config=dataclasses.replace(cfg, weighting='none'))
+  hard = network.Transformer(
+      TINY, prompts.PromptPrefix(dataclasses.replace(cfg, weighting='none')))
   grads = jax.jit(jax.grad(lambda p: models.EncoderDecoderModel(hard).loss_fn(
       p, batch, None)[0]))(params)
   key_grad = np.asarray(grads['encoder']['memory_bank']['keys'])
@@ -377,7 +425,7 @@ def test_sharded_loss_score_predict_match_single_device():
   from spt_jax import partitioning  # pylint: disable=g-import-not-at-top
   if len(jax.devices()) < 8:
     pytest.skip('needs 8 (fake) devices; tests/conftest.py sets them')
-  net = network.Transformer(TINY, prompt_config=SPT)
+  net = network.Transformer(TINY, prompts.PromptPrefix(SPT))
   batch = _make_batch(inputs=BATCH['inputs'] + [[4, 4, 4, EOS]],
                       targets=BATCH['targets'] + [[6, 7, EOS]])
   params = _eos_friendly(_init(net, batch, seed=2))

@@ -210,14 +210,11 @@ def test_unsupported_activation_is_named():
     network.T5Config(mlp_activations=('tanh', 'linear'))
 
 
-def test_packing_with_prompts_is_refused():
-  prompts = pytest.importorskip('spt_jax.prompts')
-  config = prompts.PromptConfig(soft_prompt_length=2, memory_size=0)
-  model = network.Transformer(GATED, config)
-  tokens = np.ones((1, 4), np.int32)
-  with pytest.raises(ValueError, match='pack=False'):
-    model.init(jax.random.PRNGKey(0), tokens, tokens, tokens, encoder_segment_ids=tokens,
-               decoder_segment_ids=tokens, enable_dropout=False)
+def test_prefix_must_have_length_and_call():
+  # The model refuses packing with a prefix (test_models.test_packing_with_prompts_is_refused).
+  with pytest.raises(TypeError, match='takes an object with `length` and `__call__`'):
+    network.Transformer(GATED, prefix=(2,)).init(
+        jax.random.PRNGKey(0), *(np.ones((1, 4), np.int32),) * 3, enable_dropout=False)
 
 
 def test_init_scales_match_t5x():

@@ -1,5 +1,8 @@
-"""Tests of spt_jax.prompts on one device: retrieval vs NumPy, gradients, init, configs."""
-import flax
+"""Tests of spt_jax.prompts on one device: the bank vs NumPy, gradients, init, configs, prefix.
+
+The top-k kernel is tested in test_retrieval.py, usage statistics and re-initialisation
+in test_memory_health.py.
+"""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -94,52 +97,6 @@ def test_memory_bank_matches_numpy_brute_force(similarity, pooling, memory_size,
   assert out.shape == (batch, top_k * 3, D)
   np.testing.assert_allclose(np.asarray(out)[real], want_out.reshape(batch, -1, D)[real],
                              atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize('similarity', ['dot', 'cosine'])
-def test_retrieve_top_k_ties_break_by_lower_index(similarity):
-  keys = np.array(jax.random.normal(jax.random.key(3), (32, D)))
-  keys[[5, 17, 30]] = keys[9]   # four identical keys
-  keys[[2, 3]] = 2 * keys[9] if similarity == 'cosine' else keys[2]  # cosine-equal copies
-  query = jnp.asarray(keys[[9, 9, 0]])
-  scores, idx = jax.jit(prompts.retrieve_top_k, static_argnums=(2, 3))(
-      query, jnp.asarray(keys), 5, similarity)
-  want_scores, want_idx = _np_retrieve(query, keys, 5, similarity)
-  ref_scores, ref_idx = jax.lax.top_k(prompts._scores(query, jnp.asarray(keys), similarity), 5)
-  np.testing.assert_array_equal(idx, ref_idx)
-  np.testing.assert_allclose(scores, want_scores, atol=1e-5, rtol=1e-6)
-  if similarity == 'cosine':
-    assert list(np.asarray(idx[0])) == [2, 3, 5, 9, 17]
-  else:
-    assert list(np.asarray(idx[0])[:4]) == [5, 9, 17, 30]
-
-
-@pytest.mark.parametrize('num,k', [(4096, 4), (2048, 8), (256, 1), (300, 3)])
-def test_top_k_rows_is_exact_with_ties_by_lower_index(num, k):
-  rng = np.random.RandomState(num + k)
-  scores = rng.randn(6, num).astype(np.float32)
-  scores[1] = np.round(scores[1])          # massive ties
-  scores[2] = 0.
-  scores[2, rng.rand(num) < 0.5] = -0.     # -0 and +0 are equal (XLA's TopK alone differs)
-  scores[3, [7, 900 % num, num - 1]] = np.inf
-  scores[4, [5, 77]] = -np.inf
-  scores[5] = scores[5, 0]                 # all equal
-  values, idx = jax.jit(prompts.top_k_rows, static_argnums=1)(scores, k)
-  want_idx = np.argsort(-scores, axis=1, kind='stable')[:, :k]
-  np.testing.assert_array_equal(idx, want_idx)
-  np.testing.assert_array_equal(values, np.take_along_axis(scores, want_idx, axis=1))
-  np.testing.assert_array_equal(idx[2], np.arange(k))
-  canonical = np.where(scores == 0, np.float32(0), scores)
-  np.testing.assert_array_equal(idx, jax.lax.top_k(canonical, k)[1])
-
-
-def test_retrieve_top_k_large_memory_matches_numpy():
-  keys = jax.random.normal(jax.random.key(0), (4096, D))
-  query = jax.random.normal(jax.random.key(1), (5, D))
-  scores, idx = jax.jit(prompts.retrieve_top_k, static_argnums=(2, 3))(query, keys, 4, 'cosine')
-  want_scores, want_idx = _np_retrieve(query, keys, 4, 'cosine')
-  np.testing.assert_array_equal(idx, want_idx)
-  np.testing.assert_allclose(scores, want_scores, atol=1e-6)
 
 
 def _grads(cfg, batch=6, seed=0):
@@ -287,55 +244,6 @@ def test_disabled_prompts_create_no_parameters():
   assert prompts.PromptConfig().prefix_length == 20 + 4 * 5
 
 
-def test_retrieval_statistics_match_numpy():
-  indices = jnp.array([[0, 3], [3, 5], [0, 3]])
-  stats = jax.jit(prompts.retrieval_statistics, static_argnums=1)(indices, 8)
-  hist = np.bincount(np.asarray(indices).ravel(), minlength=8)
-  np.testing.assert_array_equal(stats['histogram'], hist)
-  p = hist[hist > 0] / hist.sum()
-  np.testing.assert_allclose(stats['entropy'], -(p * np.log(p)).sum(), rtol=1e-6)
-  np.testing.assert_allclose(stats['normalized_entropy'], -(p * np.log(p)).sum() / np.log(8),
-                             rtol=1e-6)
-  assert float(stats['batch_used_fraction']) == 3 / 8
-  assert float(stats['never_used_fraction']) == 5 / 8
-  stats2 = prompts.retrieval_statistics(jnp.array([[1, 7]]), 8, usage_so_far=stats['usage'])
-  np.testing.assert_array_equal(stats2['usage'], hist + np.eye(8, dtype=int)[[1, 7]].sum(0))
-  assert float(stats2['never_used_fraction']) == 3 / 8
-  assert float(stats2['batch_used_fraction']) == 2 / 8
-
-
-def test_init_prompts_from_embedding_resamples_and_keeps_structure():
-  cfg = prompts.PromptConfig(soft_prompt_length=4, memory_size=8, memory_length=2, top_k=2,
-                             init_vocab_size=10)
-  table = _table()
-  emb, mask = _inputs(2)
-  bank = prompts.MemoryBank(cfg, D).init(jax.random.key(0), emb, mask, table)['params']
-  soft = prompts.SoftPrompt(cfg, D).init(jax.random.key(1), 2, table)['params']
-  params = {'encoder': {'soft_prompt': soft, 'memory_bank': bank,
-                        'layers_0': {'w': jnp.ones(3)}}}
-  new_table = np.asarray(_table(seed=7))
-  for tree in (params, flax.core.freeze(params)):
-    new = prompts.init_prompts_from_embedding(tree, new_table, cfg, jax.random.key(3))
-    assert type(new) is type(tree)
-    assert isinstance(new['encoder']['memory_bank']['values'], nn.Partitioned)
-    assert nn.get_partition_spec(new) == nn.get_partition_spec(tree)
-    np.testing.assert_array_equal(new['encoder']['layers_0']['w'], np.ones(3))
-    values = np.asarray(nn.unbox(new['encoder']['memory_bank']['values']))
-    prompt = np.asarray(nn.unbox(new['encoder']['soft_prompt']['prompt']))
-    for row in np.concatenate([values.reshape(-1, D), prompt]):
-      assert np.any(np.all(row == new_table[:10], axis=1))
-    np.testing.assert_allclose(nn.unbox(new['encoder']['memory_bank']['keys']),
-                               values.mean(1), rtol=1e-6)
-  # The input tree is not modified.
-  np.testing.assert_array_equal(nn.unbox(params['encoder']['soft_prompt']['prompt']),
-                                nn.unbox(soft['prompt']))
-  # Uniform inits are left alone.
-  uniform = prompts.PromptConfig(soft_prompt_length=4, soft_prompt_init='uniform',
-                                 memory_size=8, memory_length=2, top_k=2, memory_init='uniform')
-  same = prompts.init_prompts_from_embedding(params, new_table, uniform, jax.random.key(3))
-  jax.tree.map(np.testing.assert_array_equal, nn.unbox(same), nn.unbox(params))
-
-
 @pytest.mark.parametrize('kwargs,match', [
     (dict(memory_size=4, top_k=5), 'top_k=5 exceeds memory_size=4'),
     (dict(memory_size=4, top_k=0), 'top_k=0 must be >= 1'),
@@ -355,16 +263,14 @@ def test_bad_static_configs_raise_at_construction(kwargs, match):
     prompts.PromptConfig(**kwargs)
 
 
-def test_validate_packing_and_length():
+def test_validate_length():
+  # Packing is the model's check: test_models.test_validate_features_packing_and_length.
   cfg = prompts.PromptConfig(soft_prompt_length=10, memory_size=16, memory_length=5, top_k=2,
                              max_encoder_length=64)
-  cfg.validate(max_input_length=44, pack=False)
-  with pytest.raises(ValueError, match='Packing is not supported with prompts'):
-    cfg.validate(max_input_length=44, pack=True)
+  cfg.validate(max_input_length=44)
   with pytest.raises(ValueError, match=r'10 \+ 10 \+ 45 = 65 exceeds max_encoder_length=64'):
     cfg.validate(max_input_length=45)
-  # Plain T5 (no prompt) may pack; no limit configured means no length check.
-  prompts.PromptConfig(soft_prompt_length=0, memory_size=0).validate(512, pack=True)
+  # No limit configured means no length check.
   prompts.PromptConfig().validate(max_input_length=100000)
   # top_k > M is also caught by validate on a config built around __post_init__.
   bad = prompts.PromptConfig(memory_size=8, top_k=2)
@@ -405,8 +311,8 @@ def _t5_batch(batch=4, enc_len=7, dec_len=3):
 def test_no_prompt_config_is_plain_t5_bit_for_bit():
   batch = _t5_batch()
   plain = network.Transformer(_tiny_t5())
-  zero = network.Transformer(_tiny_t5(), prompts.PromptConfig(soft_prompt_length=0,
-                                                              memory_size=0))
+  zero = network.Transformer(_tiny_t5(), prompts.PromptPrefix(
+      prompts.PromptConfig(soft_prompt_length=0, memory_size=0)))
   params = plain.init(jax.random.key(0), **batch, enable_dropout=False)['params']
   zero_params = zero.init(jax.random.key(0), **batch, enable_dropout=False)['params']
   assert jax.tree.structure(zero_params) == jax.tree.structure(params)
@@ -440,7 +346,7 @@ def _extended_plain_forward(params, prefix_rows, batch):
 def test_prompt_tuning_equals_hand_built_concatenation():
   batch = _t5_batch()
   cfg = prompts.PromptConfig(soft_prompt_length=4, memory_size=0)
-  model = network.Transformer(_tiny_t5(), cfg)
+  model = network.Transformer(_tiny_t5(), prompts.PromptPrefix(cfg))
   params = model.init(jax.random.key(0), **batch, enable_dropout=False)['params']
   got = jax.jit(lambda p: model.apply({'params': p}, **batch, enable_dropout=False))(params)
   prompt = nn.unbox(params['encoder']['soft_prompt']['prompt'])
@@ -453,7 +359,7 @@ def test_prompt_tuning_equals_hand_built_concatenation():
 def test_spt_equals_hand_built_concatenation_of_soft_and_retrieved_prompts():
   batch = _t5_batch()
   cfg = prompts.PromptConfig(soft_prompt_length=3, memory_size=16, memory_length=2, top_k=2)
-  model = network.Transformer(_tiny_t5(), cfg)
+  model = network.Transformer(_tiny_t5(), prompts.PromptPrefix(cfg))
   params = model.init(jax.random.key(0), **batch, enable_dropout=False)['params']
   got, state = jax.jit(lambda p: model.apply(
       {'params': p}, **batch, enable_dropout=False, mutable=['retrieval']))(params)

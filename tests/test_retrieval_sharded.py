@@ -16,6 +16,7 @@ import pytest
 
 from spt_jax import network
 from spt_jax import prompts
+from spt_jax import retrieval
 
 RULES = (('batch', 'data'), ('vocab', 'model'), ('embed', None), ('mlp', 'model'),
          ('heads', 'model'), ('kv', None), ('joined_kv', 'model'), ('prompt', None),
@@ -47,12 +48,12 @@ def test_sharded_top_k_equals_single_device(mesh_shape, axis_type, similarity, n
   query = np.array(jax.random.normal(jax.random.key(1), (batch, D)), np.float32)
   query[:3] = keys[3]   # these rows see a 4-way exact tie at the top
   query[3] = 0.         # all scores tie (cosine: 0 everywhere)
-  fn = jax.jit(prompts.retrieve_top_k, static_argnums=(2, 3))
+  fn = jax.jit(retrieval.retrieve_top_k, static_argnums=(2, 3))
   want_scores, want_idx = fn(query, keys, k, similarity)
 
   mesh = _mesh(mesh_shape, axis_type)
   with jax.set_mesh(mesh), nn.logical_axis_rules(RULES):
-    assert prompts.memory_mesh_axes(num_rows) == ('model',)
+    assert retrieval.memory_mesh_axes(num_rows) == ('model',)
     q = jax.device_put(query, NamedSharding(mesh, P('data')))
     kk = jax.device_put(keys, NamedSharding(mesh, P('model')))
     scores, idx = fn(q, kk, k, similarity)
@@ -79,13 +80,13 @@ def test_sharded_gather_and_its_gradient_equal_take(mesh_shape):
   cot = jax.random.normal(jax.random.key(2), (8, 4, 3, D))
 
   def loss(t, sharded):
-    return jnp.sum(prompts.gather_rows(t, idx, sharded=sharded) * cot)
+    return jnp.sum(retrieval.gather_rows(t, idx, sharded=sharded) * cot)
 
   want, want_grad = jax.value_and_grad(loss)(table, False)
   mesh = _mesh(mesh_shape)
   with jax.set_mesh(mesh), nn.logical_axis_rules(RULES):
     t = jax.device_put(table, NamedSharding(mesh, P('model')))
-    got_rows = jax.jit(lambda t: prompts.gather_rows(t, idx, sharded=True))(t)
+    got_rows = jax.jit(lambda t: retrieval.gather_rows(t, idx, sharded=True))(t)
     got, got_grad = jax.jit(jax.value_and_grad(lambda t: loss(t, True)))(t)
   np.testing.assert_array_equal(got_rows, jnp.take(table, idx, axis=0))
   np.testing.assert_allclose(got, want, rtol=1e-6)
@@ -95,25 +96,25 @@ def test_sharded_gather_and_its_gradient_equal_take(mesh_shape):
 
 def test_gather_rows_sharded_true_without_mesh_is_a_clear_error():
   with pytest.raises(ValueError, match='needs a mesh'):
-    prompts.gather_rows(jnp.zeros((8, 2)), jnp.zeros((1,), jnp.int32), sharded=True)
+    retrieval.gather_rows(jnp.zeros((8, 2)), jnp.zeros((1,), jnp.int32), sharded=True)
 
 
 def test_indivisible_memory_falls_back_to_unsharded_retrieval():
   keys = _keys_with_ties(60)  # 60 rows do not divide over model=8
   query = jax.random.normal(jax.random.key(1), (8, D))
-  want = prompts.retrieve_top_k(query, keys, 4, 'cosine')
+  want = retrieval.retrieve_top_k(query, keys, 4, 'cosine')
   with jax.set_mesh(_mesh((1, 8))), nn.logical_axis_rules(RULES):
-    assert prompts.memory_mesh_axes(60) is None
-    got = jax.jit(prompts.retrieve_top_k, static_argnums=(2, 3))(query, keys, 4, 'cosine')
+    assert retrieval.memory_mesh_axes(60) is None
+    got = jax.jit(retrieval.retrieve_top_k, static_argnums=(2, 3))(query, keys, 4, 'cosine')
   np.testing.assert_array_equal(got[1], want[1])
 
 
 def test_no_rules_or_no_mesh_means_unsharded():
-  assert prompts.memory_mesh_axes(64) is None
+  assert retrieval.memory_mesh_axes(64) is None
   with nn.logical_axis_rules(RULES):
-    assert prompts.memory_mesh_axes(64) is None  # no mesh set
+    assert retrieval.memory_mesh_axes(64) is None  # no mesh set
   with jax.set_mesh(_mesh((2, 4))):
-    assert prompts.memory_mesh_axes(64) is None  # no rule for 'memory'
+    assert retrieval.memory_mesh_axes(64) is None  # no rule for 'memory'
 
 
 def _shard_variables(variables, mesh):
@@ -180,7 +181,7 @@ def _batch(batch=8, enc_len=9, dec_len=4, vocab=64):
 def test_spt_model_output_under_mesh_equals_single_device(mesh_shape):
   pcfg = prompts.PromptConfig(soft_prompt_length=3, memory_size=32, memory_length=2, top_k=2,
                               init_vocab_size=64)
-  model = network.Transformer(_tiny_t5(), pcfg)
+  model = network.Transformer(_tiny_t5(), prompts.PromptPrefix(pcfg))
   batch = _batch()
   variables = model.init(jax.random.key(0), **batch, enable_dropout=False)
   variables = {'params': variables['params']}
@@ -210,5 +211,5 @@ def test_project_partitioning_rules_select_the_sharded_path():
   from spt_jax import partitioning  # pylint: disable=g-import-not-at-top
   mesh = partitioning.create_mesh(num_partitions=4)
   with partitioning.activate(mesh, partitioning.LOGICAL_AXIS_RULES):
-    assert prompts.memory_mesh_axes(64) == ('model',)
-    assert prompts._batch_spec(8, ('model',)) == P(('data',))
+    assert retrieval.memory_mesh_axes(64) == ('model',)
+    assert retrieval.batch_spec(8, ('model',)) == P(('data',))

@@ -204,7 +204,7 @@ def _run_ours(tmp_path, task_name, checkpoint_0, prompt_config, num_partitions, 
               base_lr, warmup, num_microbatches=1):
   """`spt_jax.train.train` from T5X's checkpoint 0; (losses, final params, result)."""
   from spt_jax import partitioning  # pylint: disable=g-import-not-at-top
-  network_cls = network.Transformer(CONFIG, prompt_config=prompt_config)
+  network_cls = network.Transformer(CONFIG, prompts.prompt_prefix(prompt_config))
   model = models_lib.EncoderDecoderModel(network_cls, z_loss=Z_LOSS, label_smoothing=0.0,
                                          loss_normalizing_factor=None)
   if factors == 'constant':

@@ -306,7 +306,7 @@ def test_gin_configs_parse_and_bind_trainer():
     assert gin.query_parameter('%MIXTURE_OR_TASK_NAME') == 'spt_sample_train_premixed'
     model = gin_configurables.create_model()
     assert model.network.config.emb_dim == 64 and model.network.config.num_encoder_layers == 2
-    pc = model.network.prompt_config
+    pc = model.prompt_config
     assert (pc.soft_prompt_length if pc else None) == prompt_len
   for size, d in (('small', 512), ('base', 768), ('large', 1024), ('xl', 2048), ('xxl', 4096)):
     with gin.unlock_config():
