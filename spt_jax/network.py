@@ -18,8 +18,9 @@ The encoder calls it inside its own compact scope, so whatever modules it create
 children of `encoder` (SPT's prompt prefix puts its parameters at
 `encoder/soft_prompt/prompt` and `encoder/memory_bank/...`), and every mask that looks at
 encoder positions gets `length` always-visible positions in front. Each row takes one
-prefix, so packed inputs (segment ids) and a prefix do not mix; the model
-(`models.EncoderDecoderModel.validate_features`) refuses that combination. Without a
+prefix, so packed inputs (segment ids) and a prefix do not mix: the callers refuse that
+combination (`models.EncoderDecoderModel.validate_features` and its `loss_fn` / `score_batch`;
+`t5x_adapter.SptT5XTransformer` under T5X's trainer). Without a
 prefix (or with one of length 0 that returns its input) the computation is exactly plain
 T5.
 
