@@ -4,8 +4,8 @@ Measures in one process on one device and prints one table (goal column included
 
   1. MFU of the jitted SPT train step (`train.make_train_step`: T5.1.1-large, bf16
      activations, float32 master weights, Adafactor, full fine-tuning as in the paper's T0
-     runs): model FLOPs per step (`train.model_flops_per_step`, 6·N·tokens + attention) /
-     step time / the device's peak (`train.peak_flops`). Goal >= 50 %.
+     runs): model FLOPs per step (`train_summaries.model_flops_per_step`, 6·N·tokens +
+     attention) / step time / the device's peak (`train_summaries.peak_flops`). Goal >= 50 %.
   2. SPT overhead: the same step with prompt tuning's prompt of the same total length
      (L_p = 40, no memory bank) against SPT (L_p 20 + k 4 x L_m 5, M 1024, methods/spt.gin's
      balance loss), timed interleaved: t_SPT / t_PT - 1. Goal <= 5 %.
@@ -37,6 +37,7 @@ from spt_jax import retrieval
 from spt_jax import runner
 from spt_jax import train
 from spt_jax import train_state as ts
+from spt_jax import train_summaries
 
 # gin/models/t5_1_1_large.gin.
 LARGE = network.T5Config(vocab_size=32128, emb_dim=1024, num_heads=16, head_dim=64,
@@ -99,7 +100,7 @@ def _train_step(cfg, prompt_config, batch, lengths, mesh):
   step = jax.jit(train.make_train_step(model, tx, mask, optim.constant_schedule(1e-3)),
                  donate_argnums=(0,))
   b = batch['encoder_input_tokens'].shape[0]
-  flops = train.model_flops_per_step(model, setup.abstract_params, b, lengths['inputs'],
+  flops = train_summaries.model_flops_per_step(model, setup.abstract_params, b, lengths['inputs'],
                                      lengths['targets'])
 
   def run():
@@ -134,7 +135,7 @@ def main(argv=None):
   lengths = {'inputs': in_len, 'targets': out_len}
   device = jax.devices()[0]
   mesh = partitioning.create_mesh(devices=[device])
-  peak = train.peak_flops(device)
+  peak = train_summaries.peak_flops(device)
   rows = []
   started = time.perf_counter()
 

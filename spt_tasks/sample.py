@@ -45,6 +45,12 @@ Mixtures:
     `spt_sample_super_glue_rte_score_eval`.
   * `spt_sample_heldout`: the plain held-out tasks (validation), for generation
     eval. Every training task also has a `validation` split.
+
+Over the project's 600-line guide on purpose (~830 lines): the twelve generators and their
+lexicons (about 450 lines) are data as much as code, and they stay beside the registrations
+they feed because the cached tasks' fingerprint (`_cache_fingerprint`) hashes this file; a
+generator moved to another module would have to be added to that hash, and one forgotten
+would silently serve a stale cache.
 """
 from __future__ import annotations
 

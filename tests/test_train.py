@@ -22,6 +22,7 @@ from spt_jax import partitioning
 from spt_jax import runner
 from spt_jax import train
 from spt_jax import train_state as ts
+from spt_jax import train_summaries
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -322,7 +323,7 @@ def test_rewrite_gin_args_and_flops():
       'x', "--gin_bindings=MODEL_DIR = '/a=b'", '--gin_file=f']
   model = tl.tiny_model(prompt_config=None)
   setup = runner.ModelSetup.create(model, tl.FEATURE_LENGTHS, mesh=_one_device())
-  flops = train.model_flops_per_step(model, setup.abstract_params, 8, 16, 8)
+  flops = train_summaries.model_flops_per_step(model, setup.abstract_params, 8, 16, 8)
   kernels = sum(int(np.prod(v.shape)) for k, v in optim.flatten_paths(
       setup.abstract_params).items() if k.endswith('kernel'))
   # Between 6 * N * tokens(min length) and 6 * N * tokens(max length) plus attention.
