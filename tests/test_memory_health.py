@@ -20,6 +20,8 @@ from spt_jax import network
 from spt_jax import prompts
 from spt_jax import retrieval
 
+import prompt_testlib as ptl
+
 RULES = (('batch', 'data'), ('vocab', 'model'), ('embed', None), ('mlp', 'model'),
          ('heads', 'model'), ('kv', None), ('joined_kv', 'model'), ('prompt', None),
          ('memory', 'model'), ('memory_length', None), ('length', None),
@@ -430,17 +432,11 @@ def test_spt_gin_is_healthy_and_spt_paper_gin_is_the_paper_reading():
 
 
 def _table(seed=0, vocab=64, d=D):
-  return jax.random.normal(jax.random.key(seed), (vocab, d), jnp.float32)
+  return ptl.random_table(seed, vocab, d)
 
 
 def _inputs(batch, length=7, seed=1, d=D):
-  """Embedded tokens [B, T, d] and a padded mask (row b has b % T + 1 tokens; last row none)."""
-  emb = jax.random.normal(jax.random.key(seed), (batch, length, d), jnp.float32)
-  lengths = np.array([(b % length) + 1 for b in range(batch)])
-  if batch > 2:
-    lengths[-1] = 0  # an all-padding row (e.g. eval batch padding)
-  mask = (np.arange(length)[None] < lengths[:, None]).astype(np.int32)
-  return emb, jnp.asarray(mask)
+  return ptl.padded_inputs(batch, length, seed, d)
 
 
 def test_retrieval_statistics_match_numpy():

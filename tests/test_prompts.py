@@ -12,22 +12,18 @@ import pytest
 from spt_jax import network
 from spt_jax import prompts
 
+import prompt_testlib as ptl
+
 D = 16
 VOCAB = 64
 
 
 def _table(seed=0, vocab=VOCAB, d=D):
-  return jax.random.normal(jax.random.key(seed), (vocab, d), jnp.float32)
+  return ptl.random_table(seed, vocab, d)
 
 
 def _inputs(batch, length=7, seed=1, d=D):
-  """Embedded tokens [B, T, d] and a padded mask (row b has b % T + 1 tokens; last row none)."""
-  emb = jax.random.normal(jax.random.key(seed), (batch, length, d), jnp.float32)
-  lengths = np.array([(b % length) + 1 for b in range(batch)])
-  if batch > 2:
-    lengths[-1] = 0  # an all-padding row (e.g. eval batch padding)
-  mask = (np.arange(length)[None] < lengths[:, None]).astype(np.int32)
-  return emb, jnp.asarray(mask)
+  return ptl.padded_inputs(batch, length, seed, d)
 
 
 def _np_query(emb, mask, pooling):
@@ -39,15 +35,7 @@ def _np_query(emb, mask, pooling):
   return {'mean': mean, 'max': mx, 'mean_max': 0.5 * (mean + mx)}[pooling]
 
 
-def _np_retrieve(query, keys, k, similarity):
-  q, kk = np.asarray(query, np.float64), np.asarray(keys, np.float64)
-  if similarity == 'cosine':
-    q = q / np.maximum(np.linalg.norm(q, axis=-1, keepdims=True), 1e-6)
-    kk = kk / np.linalg.norm(kk, axis=-1, keepdims=True)
-  s = q @ kk.T
-  # Descending score, lower index first among equals (stable sort of -s).
-  idx = np.argsort(-s, axis=1, kind='stable')[:, :k]
-  return np.take_along_axis(s, idx, axis=1), idx
+_np_retrieve = ptl.np_retrieve
 
 
 def _bank(cfg, batch, seed=0):

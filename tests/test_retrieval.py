@@ -9,18 +9,12 @@ import pytest
 
 from spt_jax import retrieval
 
+import prompt_testlib as ptl
+
 D = 16
 
 
-def _np_retrieve(query, keys, k, similarity):
-  q, kk = np.asarray(query, np.float64), np.asarray(keys, np.float64)
-  if similarity == 'cosine':
-    q = q / np.maximum(np.linalg.norm(q, axis=-1, keepdims=True), 1e-6)
-    kk = kk / np.linalg.norm(kk, axis=-1, keepdims=True)
-  s = q @ kk.T
-  # Descending score, lower index first among equals (stable sort of -s).
-  idx = np.argsort(-s, axis=1, kind='stable')[:, :k]
-  return np.take_along_axis(s, idx, axis=1), idx
+_np_retrieve = ptl.np_retrieve
 
 
 @pytest.mark.parametrize('similarity', ['dot', 'cosine'])
