@@ -44,13 +44,15 @@ import jax
 import test_evaluate as te
 from test_distributed_env import results_of
 out = evaluate.evaluate(
-    mixture_or_task_name=te.MIXTURE, checkpoint_path=sys.argv[1], output_dir=sys.argv[2],
-    model=te._model(), mesh=partitioning.create_mesh(mesh_shape=%r), batch_size=%d,
-    task_feature_lengths=te.LENGTHS)
+    dataset_cfg=configs.DatasetConfig(te.MIXTURE, batch_size=%d, task_feature_lengths=te.LENGTHS,
+                                      split='validation', seed=42),
+    checkpoint_cfg=configs.RestoreCheckpointConfig(path=sys.argv[1]), output_dir=sys.argv[2],
+    model=te._model(),
+    partitioner=partitioning.Partitioner(mesh=partitioning.create_mesh(mesh_shape=%r)))
 print('RESULT ' + json.dumps(dict(process_index=jax.process_index(),
                                   process_count=jax.process_count(),
                                   metrics=out['metrics'], step=out['step'])))
-""" % (MESH_SHAPE, BATCH_SIZE)
+""" % (BATCH_SIZE, MESH_SHAPE)
 
 
 def _scored_rows(seqio_dir: pathlib.Path) -> dict[str, list[dict]]:
