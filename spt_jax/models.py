@@ -171,7 +171,8 @@ def check_unpacked(prefix_length: int, pack: bool) -> None:
     raise ValueError(
         f'pack=True cannot be used with SPT / prompt-tuning prompts (prefix_length='
         f'{prefix_length}): each row must hold one example so its prompt is prepended once. '
-        'Run with pack=False (train.pack = False; under T5X, DatasetConfig.pack = False), or '
+        'Run with pack=False (--gin.train/configs.DatasetConfig.pack=False; under T5X, '
+        'train/utils.DatasetConfig.pack = False), or '
         'set soft_prompt_length=0 and memory_size=0 for plain fine-tuning.')
 
 
