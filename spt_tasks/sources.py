@@ -44,9 +44,10 @@ import json
 import os
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
-from absl import logging
 import seqio
 import tensorflow as tf
+
+from spt_tasks import vocabularies
 
 DATASETS_CSV = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'datasets.csv')
 DEFAULT_T5_VOCAB = 'gs://t5-data/vocabs/cc_all.32000/sentencepiece.model'
@@ -75,7 +76,8 @@ def get_vocabulary(path: Optional[str] = None, extra_ids: int = 100) -> seqio.Vo
   Args:
     path: SentencePiece model; default env `SPT_T5_VOCAB`, else T5's public
       `gs://t5-data/vocabs/cc_all.32000/sentencepiece.model`. Not read here:
-      `seqio.SentencePieceVocabulary` loads it on first use.
+      the vocabulary (`vocabularies.SentencePieceVocabulary`, seqio's with one
+      shared tokenize function) loads it on first use.
     extra_ids: sentinel ids appended (T5: 100).
   """
   path = path or os.environ.get('SPT_T5_VOCAB') or DEFAULT_T5_VOCAB
@@ -84,7 +86,7 @@ def get_vocabulary(path: Optional[str] = None, extra_ids: int = 100) -> seqio.Vo
 
 @functools.lru_cache(maxsize=None)
 def _vocabulary(path: str, extra_ids: int) -> seqio.SentencePieceVocabulary:
-  return seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
+  return vocabularies.SentencePieceVocabulary(path, extra_ids=extra_ids)
 
 
 def output_features() -> dict[str, seqio.Feature]:
@@ -408,10 +410,6 @@ def _import_hf_datasets():
 
 
 def _hf_examples(hf_name: str, hf_subset: Optional[str], split: str) -> Iterator[Mapping[str, Any]]:
-  key = (hf_name, hf_subset, split)
-  if key in _HF_INJECTED:
-    yield from _HF_INJECTED[key]
-    return
   datasets = _import_hf_datasets()
   yield from datasets.load_dataset(hf_name, hf_subset, split=split)
 
@@ -432,11 +430,21 @@ def hf_dataset_fn(split: str, shuffle_files: bool = False, seed: Optional[int] =
 
   HF has no file-level shuffling (T0 ignored `shuffle_files` too); seqio's
   example shuffle buffer still applies.
+
+  Injected examples (`inject_hf_examples`) are serialised here, once, into a
+  `from_tensor_slices` dataset: seqio repeats a training split by re-iterating its
+  source, and re-entering a Python generator costs ~1 ms per pass, which dominated
+  the first batch of the T0 mixture over the one-example splits of
+  `spt_tasks.mock_data`. The elements are the same strings either way.
   """
   del shuffle_files, seed
   hf_split = splits[split]
-  if (hf_name, hf_subset, hf_split) not in _HF_INJECTED:
-    _import_hf_datasets()  # fail here, with the fix, not later inside tf.data
+  key = (hf_name, hf_subset, hf_split)
+  if key in _HF_INJECTED:
+    rows = [json.dumps(dict(ex), default=_json_default) for ex in _HF_INJECTED[key]]
+    return tf.data.Dataset.from_tensor_slices(
+        {HF_JSON_FEATURE: tf.constant(rows, dtype=tf.string, shape=[len(rows)])})
+  _import_hf_datasets()  # fail here, with the fix, not later inside tf.data
 
   def gen():  # chunks: from_generator's per-element Python call costs more than the JSON
     chunk = []
