@@ -279,7 +279,9 @@ def mock_as_dataset(self, split, **kwargs):
     raise KeyError(f'no TFDS fixture for {key}')
   examples = expand(TFDS_EXAMPLES[key], _NUM_EXAMPLES[0])
   spec = self.info.features.get_tensor_spec()
-  return tf.data.Dataset.from_generator(lambda: iter(examples), output_signature=spec)
+  # cache(): seqio repeats a training split by re-iterating its source; re-entering the
+  # generator each pass (~1 ms) would dominate a mixture's start-up over one-example splits.
+  return tf.data.Dataset.from_generator(lambda: iter(examples), output_signature=spec).cache()
 
 
 def hf_injection(num_examples: Optional[int] = None) -> dict[tuple, list[dict[str, Any]]]:
