@@ -31,8 +31,8 @@ in Python under one GIL. The CPU seconds the process used per example are printe
   python benchmarks/input_pipeline.py            # ~6-10 min on 2 cores
   python benchmarks/input_pipeline.py --quick    # <= 3 min: smaller subset and windows
   python benchmarks/input_pipeline.py --t0_mixture   # only: the whole spt_t0_train (313
-      # tasks) over spt_tasks.mock_data, seconds to build it and to its first batch (issue
-      # 14 goal <= 30 s; ~100 s here, see README)
+      # tasks) over spt_tasks.mock_data, seconds to build it and to its first batch (goal
+      # <= 30 s; ~26 s here on a quiet machine, see README)
 
 Expected: a table with one row per pipeline, then, as the last line,
 `goal ratios: sample=R t0=R p3=R cached=R` (rate / goal; >= 1 meets the goal).
