@@ -7,12 +7,9 @@ import pathlib
 
 import pytest
 
-_VOCAB = pathlib.Path(os.environ.get(
-    'SPT_SHARED_FIXTURES', pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'fixtures')
-                     ) / 't5_vocab' / 'sentencepiece.model'
-if not _VOCAB.is_file():
-  pytest.skip(f'T5 vocabulary fixture not found at {_VOCAB}', allow_module_level=True)
-os.environ['SPT_T5_VOCAB'] = str(_VOCAB)
+import t5_vocab_testlib
+
+_VOCAB = t5_vocab_testlib.require_t5_vocab()  # before spt_tasks: registration reads it
 
 import numpy as np  # noqa: E402
 import seqio  # noqa: E402

@@ -11,20 +11,15 @@ and run the full seqio pipeline (`task.get_dataset`) for one template per
 dataset row; `slow` tests run every task through the pipeline.
 """
 import csv
-import os
 import pathlib
 import random
 import re
 
 import pytest
 
-_VOCAB = pathlib.Path(os.environ.get(
-    'SPT_SHARED_FIXTURES', pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'fixtures')
-                     ) / 't5_vocab' / 'sentencepiece.model'
-if not _VOCAB.is_file():
-  pytest.skip(f'T5 vocabulary fixture not found at {_VOCAB}', allow_module_level=True)
-# Read when tasks are registered (seqio loads the file lazily).
-os.environ['SPT_T5_VOCAB'] = str(_VOCAB)
+import t5_vocab_testlib
+
+_VOCAB = t5_vocab_testlib.require_t5_vocab()  # before spt_tasks: registration reads it
 
 import numpy as np  # noqa: E402
 import seqio  # noqa: E402

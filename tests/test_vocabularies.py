@@ -9,20 +9,15 @@ built the way they were before (seqio's vocabulary; HF rows read through the
 module). Needs the real T5 vocabulary from the shared fixtures (skipped if absent).
 """
 import copy
-import os
-import pathlib
 import pickle
 import sys
 import types
 
 import pytest
 
-_VOCAB = pathlib.Path(os.environ.get(
-    'SPT_SHARED_FIXTURES', pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'fixtures')
-                     ) / 't5_vocab' / 'sentencepiece.model'
-if not _VOCAB.is_file():
-  pytest.skip(f'T5 vocabulary fixture not found at {_VOCAB}', allow_module_level=True)
-os.environ['SPT_T5_VOCAB'] = str(_VOCAB)
+import t5_vocab_testlib
+
+_VOCAB = t5_vocab_testlib.require_t5_vocab()  # before spt_tasks: registration reads it
 
 import numpy as np  # noqa: E402
 import seqio  # noqa: E402
@@ -46,9 +41,7 @@ def _hf_train_tasks(n_datasets=5):
     if spec.source != 'hf' or not spec.default_train:
       continue
     infos = t0.register_dataset_tasks(spec)
-    name = spec.task_name(infos[0].name)
-    if name in seqio.TaskRegistry.names():
-      out.append((spec, seqio.get_mixture_or_task(name)))
+    out.append((spec, seqio.get_mixture_or_task(spec.task_name(infos[0].name))))
     if len(out) == n_datasets:
       break
   assert len(out) == n_datasets, out
